@@ -1,0 +1,12 @@
+"""gpucnn: a small, readable CNN trainer on NumPy (CPU) or CuPy (CUDA GPU)."""
+from .backend import get_backend
+from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .losses import SoftmaxCrossEntropy
+from .model import Sequential, load
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"
+__all__ = [
+    "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
+    "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam",
+]

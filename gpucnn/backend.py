@@ -1,0 +1,168 @@
+"""The backend seam: the ONLY module of gpucnn that imports cupy.
+
+A :class:`Backend` is a small object chosen once, by :func:`get_backend`:
+
+    backend.name         "cpu" or "gpu": the device actually used
+    backend.xp           the array module (numpy or cupy)
+    backend.asarray(a)   host -> device
+    backend.to_numpy(a)  device -> host
+    backend.synchronize() wait for queued device work (a no-op on the CPU)
+
+Layers never ask which backend is active: they take the array module from the
+arrays they receive with :func:`array_module`, so one code path serves both.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "GPUFallbackWarning",
+    "array_module",
+    "get_backend",
+    "gpu_status",
+    "register_array_type",
+    "to_host",
+]
+
+BACKEND_NAMES = ("cpu", "gpu", "auto")
+
+
+class GPUFallbackWarning(UserWarning):
+    """Emitted once when ``--device gpu`` was asked for but no usable GPU was found."""
+
+
+# (array type, array -> its module) pairs consulted by array_module(); cupy
+# registers itself when the GPU backend is first created, the test stand-in too.
+_ARRAY_TYPES: list[tuple[type, object]] = []
+
+
+def register_array_type(array_type: type, module_of) -> None:
+    """Teach :func:`array_module` that an array ``a`` of ``array_type`` uses ``module_of(a)``."""
+    if not any(t is array_type for t, _ in _ARRAY_TYPES):
+        _ARRAY_TYPES.append((array_type, module_of))
+
+
+def array_module(*arrays):
+    """The array module (numpy, cupy, ...) that the given arrays belong to.
+
+    Non-array arguments (None, Python scalars) are ignored; NumPy is the default.
+    """
+    for a in arrays:
+        for array_type, module_of in _ARRAY_TYPES:
+            if isinstance(a, array_type):
+                return module_of(a)
+    return np
+
+
+def to_host(a) -> np.ndarray:
+    """Any array, on whatever device it lives, -> host ``numpy.ndarray``."""
+    xp = array_module(a)
+    if xp is np:
+        return np.asarray(a)
+    return xp.asnumpy(a)
+
+
+class Backend:
+    """One device: its array module and the two transfer directions."""
+
+    def __init__(self, name: str, xp, to_device, to_host, synchronize):
+        self.name = name
+        self.xp = xp
+        self._to_device = to_device
+        self._to_host = to_host
+        self._synchronize = synchronize
+
+    def asarray(self, a, dtype=None):
+        """Host (or same-device) array -> array on this backend's device."""
+        return self._to_device(a, dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        """Array on any device -> host ``numpy.ndarray`` (no copy on the CPU)."""
+        return self._to_host(a)
+
+    def synchronize(self) -> None:
+        """Block until all queued device work is done (read timers after this)."""
+        self._synchronize()
+
+    def __repr__(self) -> str:
+        return f"Backend(name={self.name!r})"
+
+
+def _cpu_backend() -> Backend:
+    return Backend(
+        "cpu",
+        np,
+        to_device=lambda a, dtype=None: np.asarray(a, dtype=dtype),
+        to_host=np.asarray,
+        synchronize=lambda: None,
+    )
+
+
+def gpu_status():
+    """Check for a usable CUDA GPU in three steps.
+
+    Returns ``(cupy_module, None)`` when CuPy imports, a device is present and a
+    tiny allocation works; otherwise ``(None, reason)`` with a one-line reason
+    naming the step that failed.
+    """
+    try:
+        import cupy  # noqa: PLC0415  (the one place cupy is imported)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return None, (
+            f"CuPy is not importable ({type(exc).__name__}: {exc}); "
+            "install it with: pip install 'gpucnn[gpu]'"
+        )
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"CuPy is installed but no CUDA device is available ({exc})"
+    if count < 1:
+        return None, "CuPy is installed but no CUDA device is available (0 devices)"
+    try:
+        probe = cupy.zeros(4, dtype=cupy.float32) + 1
+        cupy.cuda.Stream.null.synchronize()
+        if float(probe.sum()) != 4.0:
+            return None, "a test allocation on the CUDA device gave a wrong result"
+    except Exception as exc:
+        return None, f"a CUDA device is present but a test allocation failed ({exc})"
+    return cupy, None
+
+
+def _gpu_backend(cupy) -> Backend:
+    register_array_type(cupy.ndarray, lambda a: cupy)
+    return Backend(
+        "gpu",
+        cupy,
+        to_device=lambda a, dtype=None: cupy.asarray(a, dtype=dtype),
+        to_host=cupy.asnumpy,
+        synchronize=cupy.cuda.Stream.null.synchronize,
+    )
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """Return the backend for ``name`` in ``"cpu"``, ``"gpu"``, ``"auto"``.
+
+    ``"auto"`` picks the GPU when one is usable, else the CPU, silently.
+    ``"gpu"`` without a usable GPU falls back to the CPU with one
+    :class:`GPUFallbackWarning` that says which detection step failed.
+    """
+    if not isinstance(name, str) or name not in BACKEND_NAMES:
+        raise ValueError(
+            f"get_backend expected a device name in {BACKEND_NAMES}, got {name!r}; "
+            "use 'auto' to take the GPU when there is one"
+        )
+    if name == "cpu":
+        return _cpu_backend()
+    cupy, reason = gpu_status()
+    if cupy is not None:
+        return _gpu_backend(cupy)
+    if name == "gpu":
+        warnings.warn(
+            f"--device gpu asked for a GPU, but {reason}; falling back to the CPU",
+            GPUFallbackWarning,
+            stacklevel=2,
+        )
+    return _cpu_backend()

@@ -1,0 +1,156 @@
+"""Conv2D: cross-correlation (as every framework and seed 000 compute it), via im2col."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
+from .init import init_weight
+from .im2col import col2im, im2col, output_size, pad_nchw
+
+
+def resolve_padding(owner: str, padding, kernel: tuple[int, int], stride: int):
+    """Padding spec -> (top, bottom, left, right).
+
+    Accepted: an int (all four sides), ``(ph, pw)``, ``((top, bottom), (left, right))``,
+    ``"valid"`` (none) and ``"same"`` (stride 1 only; output H, W = input H, W).
+    For an even kernel ``"same"`` needs an odd total padding: the extra zero
+    row/column goes top/left, exactly as seed 000 pads its 2x2 example (its
+    output[0, 0] = 1.3 only comes out that way). PyTorch and TensorFlow put the
+    extra one bottom/right instead.
+    """
+    kh, kw = kernel
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if stride != 1:
+                raise ValueError(
+                    f"{owner}: padding='same' needs stride=1, got stride={stride}; "
+                    "give the padding as an int or ((top, bottom), (left, right))"
+                )
+            th, tw = kh - 1, kw - 1
+            return th - th // 2, th // 2, tw - tw // 2, tw // 2
+        raise ValueError(
+            f"{owner} got unknown padding mode {padding!r}; expected 'valid', 'same', "
+            "an int, (ph, pw) or ((top, bottom), (left, right))"
+        )
+
+    def non_negative(v):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{owner} expected non-negative int padding, got {padding!r}")
+        return int(v)
+
+    if isinstance(padding, (tuple, list)):
+        if len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
+            (top, bottom), (left, right) = padding
+            return non_negative(top), non_negative(bottom), non_negative(left), non_negative(right)
+        if len(padding) == 2:
+            ph, pw = non_negative(padding[0]), non_negative(padding[1])
+            return ph, ph, pw, pw
+        raise ValueError(
+            f"{owner} expected padding as an int, (ph, pw) or ((top, bottom), (left, right)), "
+            f"got {padding!r}"
+        )
+    p = non_negative(padding)
+    return p, p, p, p
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation), NCHW.
+
+    x (N, in_channels, H, W) -> y (N, out_channels, OH, OW) with
+    OH = (H + pad_top + pad_bottom - kh) // stride + 1 (seed 004), same for OW.
+
+    params["weight"] (out_channels, in_channels, kh, kw), params["bias"] (out_channels,).
+    Weights are drawn on the host from ``rng`` (He normal by default, or
+    ``init="glorot"``, seed 002's Xavier) so every backend starts identical.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 *, dtype=np.float32, rng=None, init="he"):
+        super().__init__()
+        name = type(self).__name__
+        self.in_channels = check_positive_int(name, "in_channels", in_channels)
+        self.out_channels = check_positive_int(name, "out_channels", out_channels)
+        self.kernel_size = check_pair(name, "kernel_size", kernel_size)
+        self.stride = check_positive_int(name, "stride", stride)
+        self.padding = padding
+        self.pads = resolve_padding(name, padding, self.kernel_size, self.stride)
+        self.dtype = check_dtype(dtype)
+        self.init = init
+        kh, kw = self.kernel_size
+        fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+        self.params = {
+            "weight": init_weight(name, init, check_rng(name, rng),
+                                  (self.out_channels, self.in_channels, kh, kw),
+                                  fan_in, fan_out, self.dtype),
+            "bias": np.zeros(self.out_channels, dtype=self.dtype),
+        }
+        self.grads = {"weight": None, "bias": None}
+
+    def get_config(self):
+        padding = self.padding if not isinstance(self.padding, tuple) else list(self.padding)
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": self.stride,
+                "padding": padding, "dtype": self.dtype.name, "init": self.init}
+
+    def output_shape(self, input_shape):
+        n, c, h, w = self._check_input_shape(tuple(input_shape))
+        return (n, self.out_channels, *self._spatial_out(h, w))
+
+    def _check_input_shape(self, shape):
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            hint = "; add a channel axis with x[:, None]" if len(shape) == 3 else ""
+            raise ValueError(
+                f"{self!r} expected x of shape (N, {self.in_channels}, H, W), got {shape}{hint}"
+            )
+        return shape
+
+    def _spatial_out(self, h, w):
+        (kh, kw), s, (top, bottom, left, right) = self.kernel_size, self.stride, self.pads
+        out_h = output_size(h, kh, s, top, bottom)
+        out_w = output_size(w, kw, s, left, right)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(
+                f"{self!r}: kernel {kh}x{kw} is larger than the padded input "
+                f"{h + top + bottom}x{w + left + right} (input {h}x{w}); "
+                "use a larger input, more padding or a smaller kernel"
+            )
+        return out_h, out_w
+
+    def forward(self, x):
+        """x (N, C_in, H, W) -> y (N, C_out, OH, OW)."""
+        self._check_floating(x, self.dtype)
+        n, _, h, w = self._check_input_shape(tuple(x.shape))
+        out_h, out_w = self._spatial_out(h, w)
+        (kh, kw), top, bottom, left, right = self.kernel_size, *self.pads
+        weight, bias = self.params["weight"], self.params["bias"]
+
+        x_padded = pad_nchw(x, top, bottom, left, right)  # (N, C_in, Hp, Wp)
+        cols = im2col(x_padded, kh, kw, self.stride, out_h, out_w)  # (C_in, kh, kw, N, OH, OW)
+        cols = cols.reshape(-1, n * out_h * out_w)  # (C_in*kh*kw, N*OH*OW)
+        y = weight.reshape(self.out_channels, -1) @ cols  # (C_out, N*OH*OW)
+        y += bias[:, None]
+        self._cache = (cols, x_padded.shape, (n, self.out_channels, out_h, out_w))
+        return y.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)  # (N, C_out, OH, OW)
+
+    def backward(self, dy, need_input_grad=True):
+        """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); fills grads."""
+        cols, padded_shape, y_shape = self._cached()
+        self._check_dy(dy, y_shape)
+        n, c_out, out_h, out_w = y_shape
+        weight = self.params["weight"]
+
+        dy_2d = dy.transpose(1, 0, 2, 3).reshape(c_out, -1)  # (C_out, N*OH*OW)
+        self.grads["weight"] = (dy_2d @ cols.T).reshape(weight.shape)  # (C_out, C_in, kh, kw)
+        self.grads["bias"] = dy_2d.sum(axis=1)  # (C_out,)
+        if not need_input_grad:
+            return None
+        kh, kw = self.kernel_size
+        dcols = weight.reshape(c_out, -1).T @ dy_2d  # (C_in*kh*kw, N*OH*OW)
+        dcols = dcols.reshape(self.in_channels, kh, kw, n, out_h, out_w)  # (C_in, kh, kw, N, OH, OW)
+        dx_padded = col2im(dcols, padded_shape, self.stride)  # (N, C_in, Hp, Wp)
+        top, _, left, _ = self.pads
+        h, w = padded_shape[2] - top - self.pads[1], padded_shape[3] - left - self.pads[3]
+        return dx_padded[:, :, top:top + h, left:left + w]  # (N, C_in, H, W)
+

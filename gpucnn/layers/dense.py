@@ -1,0 +1,58 @@
+"""Dense: the fully connected layer."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, check_dtype, check_positive_int, check_rng
+from .init import init_weight
+
+
+class Dense(Layer):
+    """Fully connected: x (N, in_features) -> y = x @ weight + bias, (N, out_features).
+
+    params["weight"] (in_features, out_features), params["bias"] (out_features,).
+    Glorot/Xavier uniform by default (seed 002), or ``init="he"``.
+    """
+
+    def __init__(self, in_features, out_features, *, dtype=np.float32, rng=None, init="glorot"):
+        super().__init__()
+        name = type(self).__name__
+        self.in_features = check_positive_int(name, "in_features", in_features)
+        self.out_features = check_positive_int(name, "out_features", out_features)
+        self.dtype = check_dtype(dtype)
+        self.init = init
+        self.params = {
+            "weight": init_weight(name, init, check_rng(name, rng),
+                                  (self.in_features, self.out_features),
+                                  self.in_features, self.out_features, self.dtype),
+            "bias": np.zeros(self.out_features, dtype=self.dtype),
+        }
+        self.grads = {"weight": None, "bias": None}
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "dtype": self.dtype.name, "init": self.init}
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 2 or shape[1] != self.in_features:
+            hint = "; put a Flatten() before Dense" if len(shape) > 2 else ""
+            raise ValueError(
+                f"{self!r} expected x of shape (N, {self.in_features}), got {shape}{hint}"
+            )
+        return shape[0], self.out_features
+
+    def forward(self, x):
+        """x (N, in_features) -> y (N, out_features)."""
+        self._check_floating(x, self.dtype)
+        self.output_shape(x.shape)
+        self._cache = x
+        return x @ self.params["weight"] + self.params["bias"]
+
+    def backward(self, dy, need_input_grad=True):
+        """dy (N, out_features) -> dx (N, in_features); fills grads."""
+        x = self._cached()
+        self._check_dy(dy, (x.shape[0], self.out_features))
+        self.grads["weight"] = x.T @ dy  # (in_features, out_features)
+        self.grads["bias"] = dy.sum(axis=0)  # (out_features,)
+        return dy @ self.params["weight"].T if need_input_grad else None

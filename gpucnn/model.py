@@ -1,0 +1,173 @@
+"""Sequential: a list of layers run in order, plus summary, device moves and save/load."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .backend import get_backend, to_host
+from .layers import LAYER_TYPES, Layer
+
+FORMAT_VERSION = 1
+
+
+class Sequential:
+    """Layers applied in order: ``forward(x)`` then ``backward(dy)`` in reverse.
+
+    The model starts on the CPU (weights drawn on the host); ``to(backend)``
+    moves every parameter to that backend's device.
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential expected a non-empty list of layers, got []")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"Sequential expected gpucnn layers, got {type(layer).__name__} at position {i}"
+                )
+        self.layers = layers
+        self.backend = get_backend("cpu")
+
+    def forward(self, x):
+        """x (N, ...) -> output of the last layer."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy, need_input_grad=True):
+        """dL/d(output) -> dL/dx; fills every layer's grads.
+
+        ``need_input_grad=False`` skips the first layer's dL/dx (training needs
+        no gradient w.r.t. the images) and returns None.
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy, need_input_grad=need_input_grad or i > 0)
+        return dy
+
+    def named_parameters(self):
+        """[(key, layer, name)] with key like "0.weight": a stable name per parameter."""
+        return [
+            (f"{i}.{name}", layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in layer.params
+        ]
+
+    @property
+    def num_params(self) -> int:
+        return sum(layer.num_params for layer in self.layers)
+
+    def to(self, backend):
+        """Move all parameters to ``backend`` (a Backend or a device name); returns self."""
+        if isinstance(backend, str):
+            backend = get_backend(backend)
+        for layer in self.layers:
+            layer.to(backend)
+        self.backend = backend
+        return self
+
+    def summary(self, input_shape) -> str:
+        """A table of layer, output shape and parameter count, computed from
+        ``input_shape`` (e.g. (1, 1, 28, 28)) without running any data."""
+        shape = tuple(input_shape)
+        rows = [("Layer", "Output shape", "Params"), ("Input", str(shape), "")]
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            rows.append((f"{i}: {layer!r}", str(shape), f"{layer.num_params:,}"))
+        rows.append(("Total", "", f"{self.num_params:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 6)
+        fmt = lambda r: f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}"
+        return "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
+
+    def architecture(self) -> list[dict]:
+        """JSON-able description that rebuilds the layers (without weights)."""
+        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
+
+    def state_dict(self) -> dict:
+        """{"0.weight": host numpy array, ...}: copies; the model does not move."""
+        return {key: to_host(layer.params[name]).copy() for key, layer, name in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy host arrays into the parameters, on the model's current device."""
+        expected = {key for key, _, _ in self.named_parameters()}
+        if set(state) != expected:
+            raise ValueError(
+                f"state has parameters {sorted(state)}, the model expects {sorted(expected)}; "
+                "was it saved from a different architecture?"
+            )
+        for key, layer, name in self.named_parameters():
+            current = layer.params[name]
+            value = np.asarray(state[key])
+            if value.shape != tuple(current.shape):
+                raise ValueError(
+                    f"parameter {key} of {layer!r} expected shape {tuple(current.shape)}, "
+                    f"got {value.shape}; was it saved from a different architecture?"
+                )
+            layer.params[name] = self.backend.asarray(value.astype(current.dtype, copy=False))
+
+    def save(self, path) -> None:
+        """Write weights + architecture to a host ``.npz`` (atomically: temp file, then rename).
+
+        The model stays on its device; a GPU-trained model loads on a CPU-only laptop.
+        """
+        arrays = {f"param/{k}": v for k, v in self.state_dict().items()}
+        arrays["architecture"] = np.array(json.dumps(
+            {"format_version": FORMAT_VERSION, "layers": self.architecture()}
+        ))
+        atomic_savez(path, arrays)
+
+
+def build(architecture: list[dict], rng=None) -> Sequential:
+    """Rebuild layers from :meth:`Sequential.architecture` output (fresh weights)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    layers = []
+    for spec in architecture:
+        cls = LAYER_TYPES.get(spec.get("type"))
+        if cls is None:
+            raise ValueError(f"unknown layer type {spec.get('type')!r}; known: {sorted(LAYER_TYPES)}")
+        config = dict(spec.get("config", {}))
+        if "rng" in inspect.signature(cls).parameters:
+            config["rng"] = rng
+        for key in ("kernel_size", "padding"):
+            if isinstance(config.get(key), list):
+                config[key] = tuple(tuple(v) if isinstance(v, list) else v for v in config[key])
+        layers.append(cls(**config))
+    return Sequential(layers)
+
+
+def load(path, backend="cpu") -> Sequential:
+    """Load a model written by :meth:`Sequential.save` onto ``backend`` (default CPU)."""
+    with np.load(path, allow_pickle=False) as data:
+        if "architecture" not in data:
+            raise ValueError(f"{path} is not a gpucnn model file (no 'architecture' entry)")
+        meta = json.loads(str(data["architecture"]))
+        state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+    model = build(meta["layers"])
+    model.load_state_dict(state)
+    return model.to(backend)
+
+
+def atomic_savez(path, arrays: dict) -> None:
+    """np.savez to a temporary file in the same folder, then rename over ``path``:
+    a crash or Ctrl-C mid-write never leaves a half-written file at ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
