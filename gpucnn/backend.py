@@ -68,12 +68,13 @@ def to_host(a) -> np.ndarray:
 class Backend:
     """One device: its array module and the two transfer directions."""
 
-    def __init__(self, name: str, xp, to_device, to_host, synchronize):
+    def __init__(self, name: str, xp, to_device, to_host, synchronize, memory_bytes=None):
         self.name = name
         self.xp = xp
         self._to_device = to_device
         self._to_host = to_host
         self._synchronize = synchronize
+        self._memory_bytes = memory_bytes
 
     def asarray(self, a, dtype=None):
         """Host (or same-device) array -> array on this backend's device."""
@@ -86,6 +87,10 @@ class Backend:
     def synchronize(self) -> None:
         """Block until all queued device work is done (read timers after this)."""
         self._synchronize()
+
+    def device_memory_bytes(self) -> int | None:
+        """Bytes the device's memory pool holds (its high-water mark); None on the CPU."""
+        return None if self._memory_bytes is None else int(self._memory_bytes())
 
     def __repr__(self) -> str:
         return f"Backend(name={self.name!r})"
@@ -139,6 +144,7 @@ def _gpu_backend(cupy) -> Backend:
         to_device=lambda a, dtype=None: cupy.asarray(a, dtype=dtype),
         to_host=cupy.asnumpy,
         synchronize=cupy.cuda.Stream.null.synchronize,
+        memory_bytes=lambda: cupy.get_default_memory_pool().total_bytes(),
     )
 
 

@@ -183,9 +183,9 @@ def test_seed004b_convolution_as_a_sum(dtype):
 
 def test_seed004b_convolution_as_a_matrix_multiplication():
     """im2col: each 3x3 window becomes a column; O = k^T @ columns."""
-    from gpucnn.layers.im2col import im2col
+    from gpucnn.layers.im2col import im2col, to_chwn
     image = np.array(SEED004_I, dtype=np.float64)[None, None]
-    cols = im2col(image, 3, 3, 2, 2, 2).reshape(9, 4)  # (C*kh*kw, N*OH*OW)
+    cols = im2col(to_chwn(image), 3, 3, 2, 2, 2)  # (C*kh*kw, OH*OW*N) = (9, 4)
     np.testing.assert_array_equal(cols[:, 0], np.array(SEED004_I)[0:3, 0:3].ravel())
     np.testing.assert_array_equal(cols[:, 3], np.array(SEED004_I)[2:5, 2:5].ravel())
     k_vec = np.array(SEED004_K, dtype=np.float64).ravel()
@@ -194,13 +194,13 @@ def test_seed004b_convolution_as_a_matrix_multiplication():
 
 def test_seed004c_kernel_gradient():
     """dL/dK with L = sum(O): as a layer backward, and as I^T @ dL/dO with im2col."""
-    from gpucnn.layers.im2col import im2col
+    from gpucnn.layers.im2col import im2col, to_chwn
     conv = seed004_conv()
     image = np.array(SEED004_I, dtype=np.float64)[None, None]
     conv.forward(image)
     conv.backward(np.ones((1, 1, 2, 2)))
     np.testing.assert_array_equal(conv.grads["weight"][0, 0], SEED004_DK)
-    cols = im2col(image, 3, 3, 2, 2, 2).reshape(9, 4)  # the matrix "I" of the exercise, transposed
+    cols = im2col(to_chwn(image), 3, 3, 2, 2, 2)  # (9, 4): the matrix "I" of the exercise, transposed
     np.testing.assert_array_equal((cols @ np.ones(4)).reshape(3, 3), SEED004_DK)
 
 

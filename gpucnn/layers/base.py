@@ -61,6 +61,7 @@ class Layer:
         self.params: dict = {}
         self.grads: dict = {}
         self._cache = None
+        self._buffers: dict = {}
 
     # -- to be provided by subclasses -------------------------------------------------
     def forward(self, x):
@@ -129,11 +130,25 @@ class Layer:
                 f"(the shape forward returned), got {tuple(dy.shape)}"
             )
 
+    def _workspace(self, name: str, shape: tuple, dtype, xp):
+        """A private scratch array, kept between steps while its shape stays the same.
+
+        Only for arrays that never leave the layer (im2col columns, their gradient):
+        reusing them spares the allocator; on NumPy a fresh array above ~32 MB is new
+        memory from the OS every step, and touching it costs more than the math.
+        """
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype:
+            buffer = xp.empty(shape, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer
+
     def to(self, backend) -> "Layer":
         """Move parameters (and drop cached activations) to ``backend``'s device."""
         for key, value in self.params.items():
             self.params[key] = backend.asarray(to_host(value))
         self.grads = {k: None for k in self.params}
         self._cache = None
+        self._buffers = {}
         return self
 

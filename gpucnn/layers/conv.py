@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module
 from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
 from .init import init_weight
-from .im2col import col2im, im2col, output_size, pad_nchw
+from .im2col import col2im, im2col, output_size, to_chwn
 
 
 def resolve_padding(owner: str, padding, kernel: tuple[int, int], stride: int):
@@ -119,38 +120,40 @@ class Conv2D(Layer):
         return out_h, out_w
 
     def forward(self, x):
-        """x (N, C_in, H, W) -> y (N, C_out, OH, OW)."""
+        """x (N, C_in, H, W) -> y (N, C_out, OH, OW), an NCHW view of (C_out, OH, OW, N) memory."""
         self._check_floating(x, self.dtype)
         n, _, h, w = self._check_input_shape(tuple(x.shape))
         out_h, out_w = self._spatial_out(h, w)
         (kh, kw), top, bottom, left, right = self.kernel_size, *self.pads
         weight, bias = self.params["weight"], self.params["bias"]
 
-        x_padded = pad_nchw(x, top, bottom, left, right)  # (N, C_in, Hp, Wp)
-        cols = im2col(x_padded, kh, kw, self.stride, out_h, out_w)  # (C_in, kh, kw, N, OH, OW)
-        cols = cols.reshape(-1, n * out_h * out_w)  # (C_in*kh*kw, N*OH*OW)
-        y = weight.reshape(self.out_channels, -1) @ cols  # (C_out, N*OH*OW)
+        xp = array_module(x)
+        x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
+        cols = self._workspace("cols", (self.in_channels * kh * kw, out_h * out_w * n), x.dtype, xp)
+        im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols)  # (C_in*kh*kw, OH*OW*N)
+        y = weight.reshape(self.out_channels, -1) @ cols  # (C_out, OH*OW*N)
         y += bias[:, None]
-        self._cache = (cols, x_padded.shape, (n, self.out_channels, out_h, out_w))
-        return y.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)  # (N, C_out, OH, OW)
+        self._cache = (cols, x_chwn.shape[1:3], (n, self.out_channels, out_h, out_w))
+        return y.reshape(self.out_channels, out_h, out_w, n).transpose(3, 0, 1, 2)  # (N, C_out, OH, OW)
 
     def backward(self, dy, need_input_grad=True):
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); fills grads."""
-        cols, padded_shape, y_shape = self._cached()
+        cols, padded_hw, y_shape = self._cached()
         self._check_dy(dy, y_shape)
         n, c_out, out_h, out_w = y_shape
         weight = self.params["weight"]
+        xp = array_module(dy)
 
-        dy_2d = dy.transpose(1, 0, 2, 3).reshape(c_out, -1)  # (C_out, N*OH*OW)
-        self.grads["weight"] = (dy_2d @ cols.T).reshape(weight.shape)  # (C_out, C_in, kh, kw)
+        dy_2d = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(c_out, -1)  # (C_out, OH*OW*N)
+        # (cols @ dy_2d.T).T == dy_2d @ cols.T; this operand order runs ~1.6x faster in OpenBLAS
+        self.grads["weight"] = (cols @ dy_2d.T).T.reshape(weight.shape)  # (C_out, C_in, kh, kw)
         self.grads["bias"] = dy_2d.sum(axis=1)  # (C_out,)
         if not need_input_grad:
             return None
         kh, kw = self.kernel_size
-        dcols = weight.reshape(c_out, -1).T @ dy_2d  # (C_in*kh*kw, N*OH*OW)
-        dcols = dcols.reshape(self.in_channels, kh, kw, n, out_h, out_w)  # (C_in, kh, kw, N, OH, OW)
-        dx_padded = col2im(dcols, padded_shape, self.stride)  # (N, C_in, Hp, Wp)
-        top, _, left, _ = self.pads
-        h, w = padded_shape[2] - top - self.pads[1], padded_shape[3] - left - self.pads[3]
-        return dx_padded[:, :, top:top + h, left:left + w]  # (N, C_in, H, W)
-
+        dcols = self._workspace("dcols", cols.shape, cols.dtype, xp)
+        xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
+        dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w)  # (C_in, Hp, Wp, N)
+        top, bottom, left, right = self.pads
+        h, w = padded_hw[0] - top - bottom, padded_hw[1] - left - right
+        return dx_chwn[:, top:top + h, left:left + w, :].transpose(3, 0, 1, 2)  # (N, C_in, H, W)

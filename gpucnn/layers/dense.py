@@ -55,4 +55,11 @@ class Dense(Layer):
         self._check_dy(dy, (x.shape[0], self.out_features))
         self.grads["weight"] = x.T @ dy  # (in_features, out_features)
         self.grads["bias"] = dy.sum(axis=0)  # (out_features,)
-        return dy @ self.params["weight"].T if need_input_grad else None
+        if not need_input_grad:
+            return None
+        weight = self.params["weight"]
+        if x.flags.f_contiguous and not x.flags.c_contiguous:
+            # x is a view of (in_features, N) memory (Flatten of batch-innermost feature
+            # maps): hand dx back in that layout, so the layers below need no transposing copy
+            return (weight @ dy.T).T  # (N, in_features)
+        return dy @ weight.T  # (N, in_features)

@@ -6,6 +6,13 @@ strided slice of the padded input, copied whole (im2col) or added back whole
 
 Seed 004 ("convolution as a matrix multiplication"): after im2col the
 convolution of every window with every kernel is one matrix multiply.
+
+Memory layout. The layers' public shapes are NCHW, but Conv2D stores its
+activations batch-innermost, as (C, H, W, N) in memory, and hands out an NCHW
+*view* of them (a transpose, no copy). Every offset slice then moves runs of N
+contiguous floats instead of runs of W (often just 10 or 24), which makes these
+copies several times faster on NumPy; elementwise layers (ReLU, pooling) keep
+whatever layout they receive, so the whole network stays in it.
 """
 from __future__ import annotations
 
@@ -25,43 +32,67 @@ def offset_slices(i: int, j: int, stride: int, out_h: int, out_w: int):
     )
 
 
-def im2col(x_padded, kh: int, kw: int, stride: int, out_h: int, out_w: int):
-    """(N, C, Hp, Wp) -> columns (C, kh, kw, N, out_h, out_w).
+def to_chwn(x, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0, value=0.0):
+    """NCHW array (any strides) -> zero-padded, C-contiguous (C, Hp, Wp, N) array.
 
-    Reshaped to (C*kh*kw, N*out_h*out_w) each column is one receptive field.
+    One copy at most: none when x is already an NCHW view of (C, H, W, N) memory
+    and needs no padding.
     """
-    xp = array_module(x_padded)
-    n, c = x_padded.shape[:2]
-    x_cn = x_padded.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp), a view
-    cols = xp.empty((c, kh, kw, n, out_h, out_w), dtype=x_padded.dtype)
+    xp = array_module(x)
+    x_chwn = x.transpose(1, 2, 3, 0)  # (C, H, W, N), a view
+    if top == bottom == left == right == 0:
+        return xp.ascontiguousarray(x_chwn)
+    return xp.pad(x_chwn, ((0, 0), (top, bottom), (left, right), (0, 0)),
+                  mode="constant", constant_values=value)  # (C, Hp, Wp, N)
+
+
+def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=None):
+    """Padded (C, Hp, Wp, N) -> columns (C*kh*kw, out_h*out_w*N).
+
+    Row (c, i, j) holds input channel c at kernel offset (i, j) for every output
+    position and sample: each column is one receptive field. ``out``: an array of
+    that shape to write into (a reused buffer), else a new one.
+    """
+    xp = array_module(x_chwn)
+    c, _, _, n = x_chwn.shape
+    if out is None:
+        out = xp.empty((c * kh * kw, out_h * out_w * n), dtype=x_chwn.dtype)
+    cols = out.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N), a view
     for i in range(kh):
         for j in range(kw):
             rows, columns = offset_slices(i, j, stride, out_h, out_w)
-            cols[:, i, j] = x_cn[:, :, rows, columns]  # (C, N, out_h, out_w)
-    return cols
+            cols[:, i, j] = x_chwn[:, rows, columns, :]  # (C, out_h, out_w, N)
+    return out  # (C*kh*kw, OH*OW*N)
 
 
-def col2im(cols, padded_shape: tuple, stride: int):
-    """Columns (C, kh, kw, N, out_h, out_w) -> (N, C, Hp, Wp), overlaps summed.
+def col2im(cols, c: int, kh: int, kw: int, padded_hw: tuple, stride: int, out_h: int, out_w: int):
+    """Columns (C*kh*kw, out_h*out_w*N) -> padded (C, Hp, Wp, N), overlaps summed.
 
     The adjoint of :func:`im2col`: every offset's slice is added back in place.
     """
     xp = array_module(cols)
-    c, kh, kw, n, out_h, out_w = cols.shape
-    _, _, hp, wp = padded_shape
-    dx_cn = xp.zeros((c, n, hp, wp), dtype=cols.dtype)  # (C, N, Hp, Wp)
+    n = cols.shape[1] // (out_h * out_w)
+    cols = cols.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N)
+    dx_chwn = xp.empty((c, *padded_hw, n), dtype=cols.dtype)  # (C, Hp, Wp, N)
+    dx_chwn.fill(0)  # faster than xp.zeros for large arrays on NumPy
     for i in range(kh):
         for j in range(kw):
             rows, columns = offset_slices(i, j, stride, out_h, out_w)
-            dx_cn[:, :, rows, columns] += cols[:, i, j]
-    return dx_cn.transpose(1, 0, 2, 3)  # (N, C, Hp, Wp)
+            dx_chwn[:, rows, columns, :] += cols[:, i, j]
+    return dx_chwn
 
 
 def pad_nchw(x, top: int, bottom: int, left: int, right: int, value=0.0):
-    """Pad the H and W axes of (N, C, H, W); returns x itself when nothing to pad."""
+    """Pad the H and W axes of (N, C, H, W); returns x itself when nothing to pad.
+
+    The padded copy keeps x's memory layout (batch-innermost stays batch-innermost).
+    """
     if top == bottom == left == right == 0:
         return x
     xp = array_module(x)
-    return xp.pad(
-        x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode="constant", constant_values=value
-    )
+    n, c, h, w = x.shape
+    padded = xp.empty((c, h + top + bottom, w + left + right, n), dtype=x.dtype)  # (C, Hp, Wp, N)
+    padded[...] = value
+    padded = padded.transpose(3, 0, 1, 2)  # (N, C, Hp, Wp) view
+    padded[:, :, top:top + h, left:left + w] = x
+    return padded
