@@ -9,16 +9,38 @@ import tempfile
 import numpy as np
 
 from .backend import get_backend, to_host
-from .layers import LAYER_TYPES, Layer
+from .layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
 
 FORMAT_VERSION = 1
+
+
+def execution_order(layers) -> list[int]:
+    """The order in which Sequential runs ``layers``: as given, except that a ReLU
+    directly followed by a MaxPool2D runs after it.
+
+    Max pooling and ReLU commute exactly: relu(max(window)) == max(relu(window)),
+    and the gradient reaches the same input either way (the window's first
+    maximum when it is positive, nothing otherwise). Run second, ReLU touches
+    only the pooled values, a quarter of them for 2x2 pooling.
+    """
+    order = list(range(len(layers)))
+    i = 0
+    while i < len(order) - 1:
+        if type(layers[order[i]]) is ReLU and type(layers[order[i + 1]]) is MaxPool2D:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2
+        else:
+            i += 1
+    return order
 
 
 class Sequential:
     """Layers applied in order: ``forward(x)`` then ``backward(dy)`` in reverse.
 
     The model starts on the CPU (weights drawn on the host); ``to(backend)``
-    moves every parameter to that backend's device.
+    moves every parameter to that backend's device. A ReLU followed by a
+    MaxPool2D runs after the pooling (see :func:`execution_order`): same
+    numbers, less work.
     """
 
     def __init__(self, layers):
@@ -32,11 +54,12 @@ class Sequential:
                 )
         self.layers = layers
         self.backend = get_backend("cpu")
+        self._order = execution_order(layers)
 
     def forward(self, x):
         """x (N, ...) -> output of the last layer."""
-        for layer in self.layers:
-            x = layer.forward(x)
+        for i in self._order:
+            x = self.layers[i].forward(x)
         return x
 
     __call__ = forward
@@ -47,8 +70,9 @@ class Sequential:
         ``need_input_grad=False`` skips the first layer's dL/dx (training needs
         no gradient w.r.t. the images) and returns None.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy, need_input_grad=need_input_grad or i > 0)
+        for position in range(len(self._order) - 1, -1, -1):
+            layer = self.layers[self._order[position]]
+            dy = layer.backward(dy, need_input_grad=need_input_grad or position > 0)
         return dy
 
     def named_parameters(self):

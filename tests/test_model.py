@@ -91,3 +91,30 @@ def test_optimizer_state_of_another_type_is_refused():
     model = lenet_like()
     with pytest.raises(ValueError, match=r"saved from 'Adam', cannot load it into SGD"):
         SGD(model, 0.1).load_state_dict(Adam(model).state_dict())
+
+
+def test_relu_maxpool_reordering_changes_no_number():
+    """Sequential runs ReLU after a following MaxPool2D; values and gradients equal
+    running the layers one by one in the declared order, ties and negatives included."""
+    from gpucnn.model import execution_order
+    r = np.random.default_rng(11)
+    layers = [Conv2D(2, 3, 3, padding=1, dtype=np.float64, rng=r), ReLU(), MaxPool2D(2),
+              ReLU(), MaxPool2D(3, stride=2, padding=1), Flatten(), Dense(3 * 2 * 2, 4, dtype=np.float64, rng=r)]
+    model = Sequential(layers)
+    assert execution_order(layers) == [0, 2, 1, 4, 3, 5, 6]
+    x = r.standard_normal((5, 2, 8, 8))
+    x[:, :, :4] = np.round(x[:, :, :4])  # many exact ties, many windows with no positive value
+    dy = r.standard_normal((5, 4))
+    y = model.forward(x)
+    dx = model.backward(dy)
+    grads = {k: layer.grads[name].copy() for k, layer, name in model.named_parameters()}
+    h = x
+    for layer in layers:
+        h = layer.forward(h)
+    np.testing.assert_array_equal(y, h)
+    d = dy
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    np.testing.assert_array_equal(dx, d)
+    for k, layer, name in model.named_parameters():
+        np.testing.assert_array_equal(grads[k], layer.grads[name])
