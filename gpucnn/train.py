@@ -316,12 +316,14 @@ def run(config: TrainConfig, log=print) -> dict:
     train_x, train_y = limit(data.train_x, data.train_y, config.limit_train, data_rng)
     train_x, train_y, val_x, val_y = stratified_split(train_x, train_y, config.val_fraction, data_rng)
     test_x, test_y = limit(data.test_x, data.test_y, config.limit_test, data_rng)
+    num_classes, input_shape = data.num_classes, data.input_shape
+    del data  # the splits are copies: let the full arrays go (peak memory)
     for name, labels in (("train", train_y), ("validation", val_y), ("test", test_y)):
-        check_labels(labels, data.num_classes, name)
+        check_labels(labels, num_classes, name)
     log(f"data: {config.dataset}: {len(train_y)} train, {len(val_y)} validation, {len(test_y)} test images "
-        f"of shape {data.input_shape}")
+        f"of shape {input_shape}")
 
-    model = build_model(config.arch, data.input_shape, data.num_classes, init_rng)
+    model = build_model(config.arch, input_shape, num_classes, init_rng)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum)
     start_epoch, history = 0, []
     if checkpoint is not None:
@@ -337,7 +339,7 @@ def run(config: TrainConfig, log=print) -> dict:
         optimizer.lr = config.lr
         log(f"resumed from {config.resume} after epoch {start_epoch}")
     if config.verbose:
-        log(model.summary((1, *data.input_shape)))
+        log(model.summary((1, *input_shape)))
 
     # upload once: every batch is sliced on the device
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
@@ -367,7 +369,7 @@ def run(config: TrainConfig, log=print) -> dict:
 
     test_dev = (backend.asarray(test_x), backend.asarray(test_y))
     test_loss, test_acc, predictions = evaluate(model, *test_dev)
-    matrix = confusion_matrix(test_y, predictions, labels=np.arange(data.num_classes))
+    matrix = confusion_matrix(test_y, predictions, labels=np.arange(num_classes))
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,
