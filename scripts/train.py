@@ -18,44 +18,24 @@ from gpucnn.train import ARCHS, DATASETS, DEVICES, OPTIMIZERS, TrainConfig  # no
 DEFAULTS = TrainConfig()
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def number(convert, accept, expected):
+    """An argparse type: ``convert`` the text, keep it if ``accept(value)``, else say
+    what was ``expected`` and what was given."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def open_fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
+open_fraction = number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 
 
 def parse_args(argv=None):
