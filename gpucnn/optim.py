@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_host
+from .backend import array_module, to_host
 
 
 class Optimizer:
@@ -39,7 +39,7 @@ class Optimizer:
         """The named state buffer of one parameter, created as zeros on first use."""
         per_param = self.state.setdefault(key, {})
         if name not in per_param:
-            per_param[name] = like * 0  # zeros on like's device and dtype
+            per_param[name] = array_module(like).zeros_like(like)  # on like's device, in its dtype
         return per_param[name]
 
     def state_dict(self) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,14 +46,16 @@ def parse_args(argv=None):
                    help="auto: the GPU when usable; gpu without one falls back to the CPU with a warning")
     p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset,
                    help="digits: scikit-learn's bundled 8x8 digits, no files needed")
-    p.add_argument("--data-dir", default=str(REPO / "data" / "mnist"), help="folder of the MNIST IDX files")
+    p.add_argument("--data-dir", default=None,
+                   help=f"folder of the MNIST IDX files (default: {REPO / 'data' / 'mnist'})")
     p.add_argument("--arch", choices=ARCHS, default=DEFAULTS.arch,
                    help="simple: conv-pool-softmax; lenet: deeper, more accurate")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="for --optimizer momentum")
+    p.add_argument("--momentum", type=number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=None,
+                   help=f"for --optimizer momentum (default: {DEFAULTS.momentum})")
     p.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed)
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train (and validate) on a stratified subset of N training images")
@@ -65,10 +68,15 @@ def parse_args(argv=None):
     p.add_argument("--metrics-json", metavar="PATH", help="write history and test metrics as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: curves, confusion matrix, first-layer kernels")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEFAULTS.verbose,
-                   help="0 quiet, 1 progress bars, 2 one line per epoch")
+                   help="0: only the final test accuracy, 1: progress bars, 2: one line per epoch")
     args = p.parse_args(argv)
-    if not 0 <= args.momentum < 1:
-        p.error(f"argument --momentum: expected a number in [0, 1), got {args.momentum}")
+    # nothing the user gives is silently ignored
+    if args.momentum is not None and args.optimizer != "momentum":
+        p.error(f"argument --momentum: only used with --optimizer momentum, got --optimizer {args.optimizer}")
+    if args.data_dir is not None and args.dataset != "mnist":
+        p.error(f"argument --data-dir: only used with --dataset mnist, got --dataset {args.dataset}")
+    args.momentum = DEFAULTS.momentum if args.momentum is None else args.momentum
+    args.data_dir = str(REPO / "data" / "mnist") if args.data_dir is None else args.data_dir
     if args.resume and not Path(args.resume).is_file():
         p.error(f"argument --resume: no checkpoint file at {args.resume}")
     if args.plot:
@@ -79,7 +87,12 @@ def parse_args(argv=None):
     return p, args
 
 
+def one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
 def main(argv=None):
+    warnings.formatwarning = one_line_warning  # e.g. the GPU fallback: one line, no source excerpt
     parser, args = parse_args(argv)
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("metrics_json", "plot")})
     from gpucnn.data import DataError

@@ -34,10 +34,13 @@ def run_cli(args, cmd=TRAIN, **kwargs):
     (["--val-fraction", "0"], "argument --val-fraction: expected a fraction in (0, 1), got '0'"),
     (["--resume", "no/such/file.npz"], "argument --resume: no checkpoint file at no/such/file.npz"),
     (["--epochs", "2", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--momentum", "1.2", "--optimizer", "momentum"], "argument --momentum: expected a number in [0, 1), got '1.2'"),
+    (["--momentum", "0.5"], "argument --momentum: only used with --optimizer momentum, got --optimizer adam"),
+    (["--dataset", "digits", "--data-dir", "x"], "argument --data-dir: only used with --dataset mnist"),
 ])
 def test_bad_flags_exit_2_with_one_line_before_loading_data(flags, message, tmp_path):
     # --data-dir points at an empty folder: had any data been loaded, the error would differ
-    proc = run_cli(flags + ["--data-dir", str(tmp_path)])
+    proc = run_cli(flags + ([] if "--dataset" in flags else ["--data-dir", str(tmp_path)]))
     assert proc.returncode == 2
     error_lines = [l for l in proc.stderr.splitlines() if "error:" in l]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
@@ -84,6 +87,8 @@ def test_gpu_request_without_gpu_falls_back_and_says_so():
     proc = run_cli(["--device", "gpu", "--dataset", "digits", "--epochs", "1", "--verbose", "2"])
     assert proc.returncode == 0, proc.stderr
     assert "falling back to the CPU" in proc.stderr
+    assert [l for l in proc.stderr.splitlines() if l.strip()] == [
+        next(l for l in proc.stderr.splitlines() if l.startswith("warning: --device gpu asked for a GPU"))]
     assert "device: cpu (no usable GPU found" in proc.stdout
 
 
