@@ -293,8 +293,6 @@ def run(config: TrainConfig, log=print) -> dict:
     """Load data, build or resume the model, train, test; returns the metrics dict
     {"device", "config", "history", "test_loss", "test_acc", "confusion_matrix"}
     (plus "model" and "predictions" for the caller, not for JSON)."""
-    from sklearn.metrics import confusion_matrix
-
     config.validate()
     checkpoint = load_checkpoint(config.resume) if config.resume else None
     if checkpoint is not None:
@@ -367,14 +365,21 @@ def run(config: TrainConfig, log=print) -> dict:
             f"continue with --resume {path}")
         raise
 
-    test_dev = (backend.asarray(test_x), backend.asarray(test_y))
-    test_loss, test_acc, predictions = evaluate(model, *test_dev)
-    matrix = confusion_matrix(test_y, predictions, labels=np.arange(num_classes))
+    test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, num_classes)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,
             "test_loss": test_loss, "test_acc": test_acc, "confusion_matrix": matrix.tolist(),
             "model": model, "test_labels": test_y, "predictions": predictions}
+
+
+def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000):
+    """Held-out evaluation of host arrays x, y: (loss, accuracy, predictions, confusion matrix)."""
+    from sklearn.metrics import confusion_matrix
+
+    backend = model.backend
+    loss, accuracy, predictions = evaluate(model, backend.asarray(x), backend.asarray(y), batch_size)
+    return loss, accuracy, predictions, confusion_matrix(y, predictions, labels=np.arange(num_classes))
 
 
 def format_confusion(matrix: np.ndarray) -> str:

@@ -29,11 +29,9 @@ def main(argv=None):
     if args.batch_size < 1:
         p.error(f"argument --batch-size: expected a positive integer, got {args.batch_size}")
 
-    from sklearn.metrics import confusion_matrix
-
     from gpucnn.backend import get_backend
     from gpucnn.data import DataError, check_labels, load_digits, load_mnist
-    from gpucnn.train import evaluate, format_confusion, load_trained_model
+    from gpucnn.train import format_confusion, load_trained_model, held_out_report
 
     backend = get_backend(args.device)
     try:
@@ -44,11 +42,10 @@ def main(argv=None):
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    loss, acc, predictions = evaluate(model, backend.asarray(data.test_x), backend.asarray(data.test_y),
-                                      args.batch_size)
+    loss, acc, _, matrix = held_out_report(model, data.test_x, data.test_y, data.num_classes, args.batch_size)
     print(f"device: {backend.name}")
     print(f"test: loss {loss:.4f}  accuracy {acc:.2%} on {len(data.test_y)} images")
-    print(format_confusion(confusion_matrix(data.test_y, predictions, labels=range(data.num_classes))))
+    print(format_confusion(matrix))
     return 0
 
 

@@ -50,10 +50,10 @@ class _Pool2D(Layer):
             )
         return n, c, out_h, out_w
 
-    def _windows(self, x_padded):
+    def _windows(self, x_padded, out_hw):
         """Views (N, C, OH, OW) of the padded input, one per kernel offset, row-major."""
         (kh, kw), s = self.kernel_size, self.stride
-        out_h, out_w = self._out_hw
+        out_h, out_w = out_hw
         return [x_padded[:, :, rows, cols]
                 for i in range(kh) for j in range(kw)
                 for rows, cols in [offset_slices(i, j, s, out_h, out_w)]]
@@ -66,8 +66,7 @@ class _Pool2D(Layer):
         self._check_floating(x)
         self._check_ndim(x, 4, "(N, C, H, W)")
         n, c, out_h, out_w = self.output_shape(x.shape)
-        self._out_hw = (out_h, out_w)
-        return n, c, out_h, out_w
+        return out_h, out_w
 
     def _unpad(self, dx_padded):
         p = self.padding
@@ -75,11 +74,11 @@ class _Pool2D(Layer):
             return dx_padded
         return dx_padded[:, :, p:dx_padded.shape[2] - p, p:dx_padded.shape[3] - p]  # (N, C, H, W)
 
-    def _gradient_buffer(self, x_padded):
+    def _gradient_buffer(self, x_padded, out_hw):
         """dx_padded, laid out like x_padded: zeros, unless the windows tile it exactly
         (then every element is written by _scatter and zeroing it first is wasted work)."""
         (kh, kw), s = self.kernel_size, self.stride
-        out_h, out_w = self._out_hw
+        out_h, out_w = out_hw
         xp = array_module(x_padded)
         dx_padded = xp.empty_like(x_padded)
         if not (s == kh == kw and x_padded.shape[2:] == (out_h * kh, out_w * kw)):
@@ -89,7 +88,7 @@ class _Pool2D(Layer):
     def _scatter(self, dx_padded, dy, factors):
         """Window k of dx_padded gets dy * factors[k] (added where windows overlap)."""
         xp = array_module(dx_padded)
-        for window, factor in zip(self._windows(dx_padded), factors):
+        for window, factor in zip(self._windows(dx_padded, dy.shape[2:]), factors):
             if self._overlapping:
                 window += dy * factor
             else:  # disjoint windows: write straight into place
@@ -117,10 +116,10 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x):
         """x (N, C, H, W) -> y (N, C, OH, OW): a running maximum over the kernel offsets."""
-        self._prepare(x)
+        out_hw = self._prepare(x)
         xp = array_module(x)
         x_padded = pad_nchw(x, *(self.padding,) * 4, value=-np.inf)  # (N, C, Hp, Wp)
-        windows = self._windows(x_padded)  # views, no copies
+        windows = self._windows(x_padded, out_hw)  # views, no copies
         y = windows[0].copy() if len(windows) == 1 else xp.maximum(windows[0], windows[1])
         for window in windows[2:]:
             xp.maximum(y, window, out=y)
@@ -134,7 +133,7 @@ class MaxPool2D(_Pool2D):
         if not need_input_grad:
             return None
         xp = array_module(dy)
-        windows = self._windows(x_padded)
+        windows = self._windows(x_padded, y.shape[2:])
         tied_with_max = y - TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps * xp.abs(y)  # (N, C, OH, OW)
         # first[n, c, i, j] = the first offset k (row-major) whose value counts as the
         # maximum: scan the offsets backwards, stepping down to k wherever it hits
@@ -142,7 +141,7 @@ class MaxPool2D(_Pool2D):
         first = xp.full_like(y, len(windows) - 1, dtype=np.uint8)  # (N, C, OH, OW)
         for k in range(len(windows) - 2, -1, -1):
             first -= (first - k) * (windows[k] >= tied_with_max)
-        dx_padded = self._gradient_buffer(x_padded)  # (N, C, Hp, Wp)
+        dx_padded = self._gradient_buffer(x_padded, y.shape[2:])  # (N, C, Hp, Wp)
         self._scatter(dx_padded, in_layout_of(dy, y), [first == k for k in range(len(windows))])
         return self._unpad(dx_padded)
 
@@ -155,10 +154,10 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         """x (N, C, H, W) -> y (N, C, OH, OW)."""
-        self._prepare(x)
+        out_hw = self._prepare(x)
         xp = array_module(x)
         x_padded = pad_nchw(x, *(self.padding,) * 4)  # (N, C, Hp, Wp)
-        windows = self._windows(x_padded)
+        windows = self._windows(x_padded, out_hw)
         scale = x.dtype.type(1.0 / len(windows))
         y = windows[0] * scale if len(windows) == 1 else windows[0] + windows[1]
         for window in windows[2:]:
@@ -174,6 +173,6 @@ class AvgPool2D(_Pool2D):
         self._check_dy(dy, y_shape)
         if not need_input_grad:
             return None
-        dx_padded = self._gradient_buffer(x_padded)  # (N, C, Hp, Wp)
-        self._scatter(dx_padded, dy, [scale] * len(self._windows(x_padded)))
+        dx_padded = self._gradient_buffer(x_padded, y_shape[2:])  # (N, C, Hp, Wp)
+        self._scatter(dx_padded, dy, [scale] * (self.kernel_size[0] * self.kernel_size[1]))
         return self._unpad(dx_padded)
