@@ -4,9 +4,10 @@ from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential, load
 from .optim import SGD, Adam
+from .random import default_generator, manual_seed
 
 __version__ = "0.1.0"
 __all__ = [
     "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
-    "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam",
+    "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "manual_seed", "default_generator",
 ]

@@ -55,6 +55,19 @@ class Sequential:
         self.layers = layers
         self.backend = get_backend("cpu")
         self._order = execution_order(layers)
+        self.train()  # a new model starts in training mode, as torch.nn.Module does
+
+    def train(self, mode: bool = True) -> "Sequential":
+        """Set training mode (``mode=True``) or evaluation mode on the model and every
+        layer (their ``training`` attribute); returns self, as torch.nn.Module.train."""
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.training = self.training
+        return self
+
+    def eval(self) -> "Sequential":
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
 
     def forward(self, x):
         """x (N, ...) -> output of the last layer."""
@@ -114,27 +127,47 @@ class Sequential:
         """JSON-able description that rebuilds the layers (without weights)."""
         return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
 
+    def named_state(self):
+        """[(key, layer, name)] for every layer's saved-but-not-trained arrays
+        (BatchNorm's running statistics), keyed like parameters: "1.running_mean"."""
+        return [
+            (f"{i}.{name}", layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in layer.state
+        ]
+
     def state_dict(self) -> dict:
-        """{"0.weight": host numpy array, ...}: copies; the model does not move."""
-        return {key: to_host(layer.params[name]).copy() for key, layer, name in self.named_parameters()}
+        """{"0.weight": host numpy array, ..., "1.running_mean": ...}: parameters and
+        saved state, as copies; the model does not move."""
+        entries = [(key, layer.params[name]) for key, layer, name in self.named_parameters()]
+        entries += [(key, layer.state[name]) for key, layer, name in self.named_state()]
+        return {key: to_host(value).copy() for key, value in entries}
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy host arrays into the parameters, on the model's current device."""
-        expected = {key for key, _, _ in self.named_parameters()}
-        if set(state) != expected:
+        """Copy host arrays into the parameters and saved state, on the model's current
+        device. Saved state (running statistics) may be missing, as in files written
+        before layers had any: those layers keep their initial state."""
+        params = {key for key, _, _ in self.named_parameters()}
+        known = params | {key for key, _, _ in self.named_state()}
+        if not params <= set(state) or not set(state) <= known:
             raise ValueError(
-                f"state has parameters {sorted(state)}, the model expects {sorted(expected)}; "
+                f"state has parameters {sorted(state)}, the model expects {sorted(known)}; "
                 "was it saved from a different architecture?"
             )
         for key, layer, name in self.named_parameters():
-            current = layer.params[name]
-            value = np.asarray(state[key])
-            if value.shape != tuple(current.shape):
-                raise ValueError(
-                    f"parameter {key} of {layer!r} expected shape {tuple(current.shape)}, "
-                    f"got {value.shape}; was it saved from a different architecture?"
-                )
-            layer.params[name] = self.backend.asarray(value.astype(current.dtype, copy=False))
+            layer.params[name] = self._device_copy(key, layer, layer.params[name], state[key])
+        for key, layer, name in self.named_state():
+            if key in state:
+                layer.state[name] = self._device_copy(key, layer, layer.state[name], state[key])
+
+    def _device_copy(self, key, layer, current, value):
+        value = np.asarray(value)
+        if value.shape != tuple(current.shape):
+            raise ValueError(
+                f"parameter {key} of {layer!r} expected shape {tuple(current.shape)}, "
+                f"got {value.shape}; was it saved from a different architecture?"
+            )
+        return self.backend.asarray(value.astype(current.dtype, copy=False))
 
     def save(self, path) -> None:
         """Write weights + architecture to a host ``.npz`` (atomically: temp file, then rename).

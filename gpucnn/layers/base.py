@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
+from ..random import default_generator
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -35,11 +36,9 @@ def check_pair(owner: str, name: str, value) -> tuple[int, int]:
 
 
 def check_rng(owner: str, rng) -> np.random.Generator:
+    """``rng`` itself, or gpucnn's default generator (see :func:`gpucnn.manual_seed`) for None."""
     if rng is None:
-        raise ValueError(
-            f"{owner} needs rng, a numpy.random.Generator, to draw its initial weights; "
-            "pass rng=numpy.random.default_rng(seed)"
-        )
+        return default_generator()
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
             f"{owner} expected rng to be a numpy.random.Generator, got {type(rng).__name__}; "
@@ -51,7 +50,8 @@ def check_rng(owner: str, rng) -> np.random.Generator:
 class Layer:
     """A layer: ``forward(x)`` caches what ``backward(dy)`` needs.
 
-    Subclasses with weights fill ``params`` and ``grads`` (same keys, same shapes).
+    Subclasses with weights fill ``params`` and ``grads`` (same keys, same shapes);
+    ``state`` holds arrays that are saved with the model but not trained.
     ``backward(dy)`` writes ``grads`` and returns dL/dx; it never mutates ``dy``.
     ``backward(dy, need_input_grad=False)`` skips dL/dx (returns None): the
     first layer of a model has no one to pass it to.
@@ -60,6 +60,8 @@ class Layer:
     def __init__(self):
         self.params: dict = {}
         self.grads: dict = {}
+        self.state: dict = {}  # saved but not trained (BatchNorm's running statistics)
+        self.training = True  # set by Sequential.train() / eval(); Dropout and BatchNorm read it
         self._cache = None
         self._buffers: dict = {}
 
@@ -144,9 +146,11 @@ class Layer:
         return buffer
 
     def to(self, backend) -> "Layer":
-        """Move parameters (and drop cached activations) to ``backend``'s device."""
+        """Move parameters and state (and drop cached activations) to ``backend``'s device."""
         for key, value in self.params.items():
             self.params[key] = backend.asarray(to_host(value))
+        for key, value in self.state.items():
+            self.state[key] = backend.asarray(to_host(value))
         self.grads = {k: None for k in self.params}
         self._cache = None
         self._buffers = {}
