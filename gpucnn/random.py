@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["default_generator", "manual_seed"]
+__all__ = ["default_generator", "device_generator", "manual_seed"]
 
 _generator = np.random.default_rng()
 
@@ -28,3 +28,15 @@ def manual_seed(seed: int) -> np.random.Generator:
 def default_generator() -> np.random.Generator:
     """The generator used wherever ``rng=None``."""
     return _generator
+
+
+def device_generator(xp, rng: np.random.Generator | None = None):
+    """A generator of the array module ``xp`` (numpy or cupy), seeded by one draw from the
+    host generator ``rng`` (gpucnn's default generator when None).
+
+    Random masks and offsets are drawn on the device (no host->device upload per batch)
+    while the host generator alone decides them: a run that restores its host generator's
+    state reproduces every later mask. Make one per batch.
+    """
+    host = default_generator() if rng is None else rng
+    return xp.random.default_rng(int(host.integers(2**63 - 1)))
