@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Export a trained model (a --checkpoint file or a Sequential.save file) to ONNX.
+
+    python scripts/export.py runs/simple.npz runs/simple.onnx
+    python scripts/export.py model.npz model.onnx --input-shape 1 28 28 --check
+
+A checkpoint knows its images' shape from its dataset; a model file whose first layer
+does not fix it (a Conv2D knows C, not H and W) needs --input-shape C H W.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# (C, H, W) of the images of each dataset a checkpoint can name in its config
+DATASET_INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8),
+                        "cifar10": (3, 32, 32)}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def checkpoint_input_shape(path) -> tuple | None:
+    """(C, H, W) from a training checkpoint's meta, or None for a Sequential.save file
+    (or a checkpoint of a dataset whose shape is not known here)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        if "meta" not in data.files:
+            return None
+        meta = json.loads(str(data["meta"]))
+    if meta.get("input_shape"):
+        return tuple(meta["input_shape"])
+    return DATASET_INPUT_SHAPES.get(meta.get("config", {}).get("dataset"))
+
+
+def check_against_onnxruntime(model, path, input_shape, batch: int = 8) -> float:
+    """Run the exported file once in ONNX Runtime and gpucnn on the same random batch;
+    returns the largest absolute difference of the logits."""
+    import numpy as np
+
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"--check needs onnxruntime ({exc}); install it with: pip install onnxruntime") from exc
+    x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"images": x})[0]
+    gpucnn_logits = model.backend.to_numpy(model.eval().forward(model.backend.asarray(x)))
+    return float(np.max(np.abs(onnx_logits - gpucnn_logits)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="checkpoint (.npz from --checkpoint) or model file (Sequential.save)")
+    p.add_argument("output", help="the .onnx file to write")
+    p.add_argument("--input-shape", type=positive_int, nargs="+", metavar="DIM",
+                   help="shape of one input, C H W for images (default: from the checkpoint or model)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--check", action="store_true",
+                   help="run the exported file in ONNX Runtime on a random batch and print the "
+                        "largest difference from gpucnn's logits")
+    args = p.parse_args(argv)
+    if not Path(args.model).is_file():
+        p.error(f"argument model: no file at {args.model}")
+
+    from gpucnn.export import to_onnx
+    from gpucnn.train import load_trained_model
+
+    try:
+        model = load_trained_model(args.model)
+    except Exception as exc:  # np.load raises OSError, ValueError, zipfile.BadZipFile, EOFError, ...
+        print(f"error: cannot read {args.model} as a gpucnn checkpoint or model file "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    try:
+        input_shape = tuple(args.input_shape) if args.input_shape else checkpoint_input_shape(args.model)
+        proto = to_onnx(model, args.output, input_shape=input_shape, opset=args.opset)
+    except (ImportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    shape = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    print(f"wrote {args.output}: {len(model.layers)} layers as {len(proto.graph.node)} ONNX nodes, "
+          f"opset {args.opset}, input images ({', '.join(map(str, shape))})")
+    if args.check:
+        try:
+            difference = check_against_onnxruntime(model, args.output, shape[1:])
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"check: ONNX Runtime vs gpucnn on 8 random inputs: largest logit difference {difference:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
