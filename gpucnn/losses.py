@@ -71,3 +71,7 @@ class SoftmaxCrossEntropy:
         dlogits[xp.arange(n), labels] -= 1  # one index per row: no duplicates
         dlogits *= dlogits.dtype.type(1.0 / n)
         return dlogits
+
+    def __call__(self, logits, labels):
+        """``loss_fn(logits, labels)``, as torch's losses are called: :meth:`forward`."""
+        return self.forward(logits, labels)

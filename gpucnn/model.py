@@ -1,4 +1,5 @@
-"""Sequential: a list of layers run in order, plus summary, device moves and save/load."""
+"""Sequential: a list of layers run in order, plus parameters, predict, summary, device
+moves and save/load."""
 from __future__ import annotations
 
 import inspect
@@ -10,6 +11,8 @@ import numpy as np
 
 from .backend import get_backend, to_host
 from .layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
+from .predict import predict_batches
+from .summary import summary_table, trace_shapes
 
 FORMAT_VERSION = 1
 
@@ -88,6 +91,27 @@ class Sequential:
             dy = layer.backward(dy, need_input_grad=need_input_grad or position > 0)
         return dy
 
+    # -- a list of layers, as torch.nn.Sequential ---------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        """``model[i]`` is a layer; ``model[a:b]`` a Sequential sharing those layers (and
+        their weights), on the same device and in the same mode."""
+        if isinstance(index, slice):
+            part = Sequential(self.layers[index])
+            part.backend = self.backend
+            return part.train(self.training)
+        return self.layers[index]
+
+    def __repr__(self) -> str:
+        rows = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({rows}\n)"
+
+    # -- parameters and gradients -------------------------------------------------------
     def named_parameters(self):
         """[(key, layer, name)] with key like "0.weight": a stable name per parameter."""
         return [
@@ -96,8 +120,25 @@ class Sequential:
             for name in layer.params
         ]
 
+    def parameters(self) -> list:
+        """The parameter arrays themselves (not copies), in the order of
+        :meth:`named_parameters`. ``to()`` and ``load_state_dict()`` replace them:
+        ask again after either."""
+        return [layer.params[name] for _, layer, name in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        """Set every gradient to None (as torch's ``zero_grad(set_to_none=True)``).
+
+        ``backward()`` overwrites gradients rather than adding to them, so this is not
+        needed between steps; after it, an optimizer step without a backward raises
+        instead of reusing stale gradients."""
+        for layer in self.layers:
+            for name in layer.params:
+                layer.grads[name] = None
+
     @property
     def num_params(self) -> int:
+        """Number of trained values (the parameters; saved state excluded)."""
         return sum(layer.num_params for layer in self.layers)
 
     def to(self, backend):
@@ -109,19 +150,36 @@ class Sequential:
         self.backend = backend
         return self
 
+    # -- shapes, summary, prediction ------------------------------------------------------
+    def output_shape(self, input_shape) -> tuple:
+        """Shape of ``forward(x)`` for a batch ``x.shape == input_shape``, without data;
+        raises the first layer's ValueError that refuses its input."""
+        shapes, failure = trace_shapes(self.layers, tuple(input_shape))
+        if failure is not None:
+            raise failure[1]
+        return shapes[-1]
+
     def summary(self, input_shape) -> str:
-        """A table of layer, output shape and parameter count, computed from
-        ``input_shape`` (e.g. (1, 1, 28, 28)) without running any data."""
-        shape = tuple(input_shape)
-        rows = [("Layer", "Output shape", "Params"), ("Input", str(shape), "")]
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
-            rows.append((f"{i}: {layer!r}", str(shape), f"{layer.num_params:,}"))
-        rows.append(("Total", "", f"{self.num_params:,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(3)]
-        line = "-" * (sum(widths) + 6)
-        fmt = lambda r: f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}"
-        return "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
+        """A table of layers, output shapes and parameter counts, without running data.
+
+        ``input_shape`` is one sample's shape, (C, H, W) (or (F,) for a model starting
+        with Dense), as Keras takes it: the batch axis shows as None. A batch shape
+        (N, C, H, W) works too and shows N. Rows are short (a layer is described by
+        ``layer.describe()``), so the table of a usual CNN fits in 80 columns.
+        """
+        return summary_table(self, input_shape)
+
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """x (N, C, H, W) host or device array -> host int64 class ids (N,).
+
+        Runs in eval mode in batches of ``batch_size`` (host batches are uploaded one by
+        one), keeps the results on the device and downloads them once."""
+        return predict_batches(self, x, batch_size, "predict")
+
+    def predict_proba(self, x, batch_size: int = 256) -> np.ndarray:
+        """x (N, C, H, W) host or device array -> host softmax probabilities (N, classes),
+        in the model's dtype (float32 by default); batched as :meth:`predict`."""
+        return predict_batches(self, x, batch_size, "predict_proba")
 
     def architecture(self) -> list[dict]:
         """JSON-able description that rebuilds the layers (without weights)."""

@@ -21,8 +21,14 @@ def test_summary_shapes_and_counts_without_data():
     text = model.summary((1, 1, 28, 28))
     assert "(1, 6, 28, 28)" in text and "(1, 16, 5, 5)" in text and "(1, 400)" in text
     assert f"{6 * 25 + 6:,}" in text and f"{16 * 6 * 25 + 16:,}" in text and f"{4010:,}" in text
-    assert text.splitlines()[-1].split()[-1] == f"{model.num_params:,}"
-    with pytest.raises(ValueError, match=r"expected x of shape \(N, 1, H, W\)"):
+    lines = text.splitlines()
+    assert f"Total params: {model.num_params:,}" in lines and f"Trainable params: {model.num_params:,}" in lines
+    rows = lines[3:3 + len(model.layers)]  # header, rule, input row, then one row per layer
+    assert sum(int(row.split()[-1].replace(",", "")) for row in rows) == model.num_params
+    cells = lambda t: [line.split() for line in t.splitlines() if not line.startswith("-")]
+    assert cells(model.summary((1, 28, 28))) == cells(text.replace("(1, ", "(None, "))  # one sample's shape
+    with pytest.raises(ValueError, match=r"expected a per-sample shape \(1, H, W\) or a batch shape "
+                                         r"\(N, 1, H, W\), got \(1, 3, 28, 28\)"):
         model.summary((1, 3, 28, 28))
 
 

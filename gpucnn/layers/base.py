@@ -80,6 +80,11 @@ class Layer:
         """Constructor arguments that rebuild this layer (weights excluded)."""
         return {}
 
+    def describe(self) -> str:
+        """A short description for :meth:`Sequential.summary`, e.g. ``Conv2D 1->32 5x5``;
+        layers with sizes override it. ``repr(layer)`` keeps the full constructor call."""
+        return type(self).__name__
+
     # -- shared helpers ---------------------------------------------------------------
     @property
     def num_params(self) -> int:

@@ -95,6 +95,20 @@ class Conv2D(Layer):
                 "kernel_size": list(self.kernel_size), "stride": self.stride,
                 "padding": padding, "dtype": self.dtype.name, "init": self.init}
 
+    def describe(self):
+        """``Conv2D 16->32 5x5``, plus `` s2`` / `` p2`` / `` same`` when not the default."""
+        (kh, kw), (top, bottom, left, right) = self.kernel_size, self.pads
+        text = f"Conv2D {self.in_channels}->{self.out_channels} {kh}x{kw}"
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.padding == "same":
+            return text + " same"
+        if top == bottom == left == right:
+            return text + (f" p{top}" if top else "")
+        if top == bottom and left == right:
+            return text + f" p({top},{left})"
+        return text + f" p({top},{bottom},{left},{right})"
+
     def output_shape(self, input_shape):
         n, c, h, w = self._check_input_shape(tuple(input_shape))
         return (n, self.out_channels, *self._spatial_out(h, w))

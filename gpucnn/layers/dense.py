@@ -33,6 +33,10 @@ class Dense(Layer):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "dtype": self.dtype.name, "init": self.init}
 
+    def describe(self):
+        """``Dense 4608->10``."""
+        return f"Dense {self.in_features}->{self.out_features}"
+
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         if len(shape) != 2 or shape[1] != self.in_features:

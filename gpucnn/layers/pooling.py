@@ -35,6 +35,14 @@ class _Pool2D(Layer):
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": self.stride, "padding": self.padding}
 
+    def describe(self):
+        """``MaxPool2D 2x2``, plus `` s1`` / `` p1`` when not the default."""
+        kh, kw = self.kernel_size
+        text = f"{type(self).__name__} {kh}x{kw}"
+        if self.stride != kh:
+            text += f" s{self.stride}"
+        return text + (f" p{self.padding}" if self.padding else "")
+
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         if len(shape) != 4:
