@@ -7,11 +7,13 @@ from .backend import array_module
 
 
 class SoftmaxCrossEntropy:
-    """Mean cross-entropy of softmax(logits) against integer class labels.
+    """Mean cross-entropy of softmax(logits) against integer class labels,
+    optionally against labels smoothed as torch's ``F.cross_entropy(label_smoothing=e)``:
+    the target is ``(1 - e) * onehot(labels) + e / classes``.
 
     ``forward(logits (N, classes), labels (N,)) -> loss``, a 0-d array on the
     logits' device (not a Python float: converting would sync the GPU).
-    ``backward() -> dlogits (N, classes) = (softmax(logits) - onehot(labels)) / N``.
+    ``backward() -> dlogits (N, classes) = (softmax(logits) - target) / N``.
 
     Labels held on the host (numpy) are range-checked here. Labels already on
     a GPU are not (checking would sync the device every batch, and CuPy wraps
@@ -19,10 +21,19 @@ class SoftmaxCrossEntropy:
     before they are uploaded.
     """
 
-    def __init__(self):
+    def __init__(self, label_smoothing=0.0):
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(
+                f"SoftmaxCrossEntropy expected 0 <= label_smoothing <= 1, got {label_smoothing!r}; "
+                "0.1 is the usual choice, 0 turns it off"
+            )
+        self.label_smoothing = float(label_smoothing)
         self._cache = None
 
     def __repr__(self):
+        if self.label_smoothing:
+            return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})"
         return "SoftmaxCrossEntropy()"
 
     def forward(self, logits, labels):
@@ -58,7 +69,13 @@ class SoftmaxCrossEntropy:
         log_sum_exp = xp.log(xp.exp(shifted).sum(axis=1))  # (N,)
         log_probs_true = shifted[rows, labels] - log_sum_exp  # (N,)
         self._cache = (shifted, log_sum_exp, labels)
-        return -log_probs_true.mean()
+        nll = -log_probs_true.mean()
+        if not self.label_smoothing:
+            return nll
+        # uniform part: mean over samples and classes of -log p = mean(lse) - mean(shifted)
+        t, e = logits.dtype.type, self.label_smoothing
+        uniform = log_sum_exp.mean() - shifted.mean()
+        return t(1.0 - e) * nll + t(e) * uniform
 
     def backward(self):
         """-> dlogits (N, classes), the gradient of the mean loss."""
@@ -67,9 +84,12 @@ class SoftmaxCrossEntropy:
         shifted, log_sum_exp, labels = self._cache
         xp = array_module(shifted)
         n = shifted.shape[0]
+        t, e = shifted.dtype.type, self.label_smoothing
         dlogits = xp.exp(shifted - log_sum_exp[:, None])  # softmax, (N, classes)
-        dlogits[xp.arange(n), labels] -= 1  # one index per row: no duplicates
-        dlogits *= dlogits.dtype.type(1.0 / n)
+        if e:
+            dlogits -= t(e / shifted.shape[1])  # the uniform part of the target
+        dlogits[xp.arange(n), labels] -= t(1.0 - e)  # one index per row: no duplicates
+        dlogits *= t(1.0 / n)
         return dlogits
 
     def __call__(self, logits, labels):

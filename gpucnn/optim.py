@@ -1,36 +1,90 @@
-"""Optimizers: SGD (+ momentum) and Adam. State is kept per parameter under the
-model's stable parameter keys ("0.weight", ...), never keyed by id()."""
+"""Optimizers: SGD (+ momentum, Nesterov, weight decay), Adam and AdamW, as torch.optim
+computes them. State is kept per parameter under the model's stable parameter keys
+("0.weight", ...), never keyed by id().
+
+Every update runs in place on the parameter's device, once per batch: a few array
+operations per parameter, scalars cast to the parameter's dtype (float32 stays float32),
+no Python decisions on device values. ``lr`` is a plain attribute: a learning-rate
+schedule (gpucnn.schedules) sets it between steps.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from .backend import array_module, to_host
 
 
-class Optimizer:
-    """Updates ``model``'s parameters in place from their ``grads``."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and bool(np.isfinite(value))
 
-    def __init__(self, model, lr):
+
+class Optimizer:
+    """Updates ``model``'s parameters in place from their ``grads``.
+
+    Subclasses list their hyperparameters in ``HYPER`` and check them in ``_check``;
+    ``state_dict()`` saves them with the buffers and ``load_state_dict()`` restores both,
+    as torch.optim does, so a resumed run continues exactly.
+    """
+
+    HYPER: tuple[str, ...] = ("lr",)
+
+    def __init__(self, model, **hyper):
         if not hasattr(model, "named_parameters"):
             raise TypeError(f"{type(self).__name__} expected a gpucnn Sequential, got {type(model).__name__}")
-        if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
-            raise ValueError(f"{type(self).__name__} expected lr > 0, got {lr!r}")
         self.model = model
-        self.lr = float(lr)
         self.state: dict[str, dict] = {}  # parameter key -> {"buffer name": device array}
         self.steps = 0
+        self._configure(hyper)
 
-    def step(self):
-        """Apply one update to every parameter that has a gradient."""
-        self.steps += 1
-        for key, layer, name in self.model.named_parameters():
-            grad = layer.grads.get(name)
-            if grad is None:
+    # -- hyperparameters ---------------------------------------------------------------
+    def _configure(self, hyper: dict) -> None:
+        """Check and set hyperparameters (constructor and load_state_dict)."""
+        self._check(hyper)
+        for name in self.HYPER:
+            setattr(self, name, hyper[name])
+
+    def _check(self, hyper: dict) -> None:
+        lr = hyper["lr"]
+        if not (_is_number(lr) and lr > 0):
+            raise ValueError(f"{type(self).__name__} expected lr > 0, got {lr!r}; try lr=1e-3 (Adam) or 0.01 (SGD)")
+        hyper["lr"] = float(lr)
+        if "weight_decay" in hyper:
+            wd = hyper["weight_decay"]
+            if not (_is_number(wd) and wd >= 0):
+                raise ValueError(
+                    f"{type(self).__name__} expected weight_decay >= 0, got {wd!r}; "
+                    "typical values are 5e-4 (SGD) or 0.01 (AdamW), 0 turns it off"
+                )
+            hyper["weight_decay"] = float(wd)
+
+    def hyperparameters(self) -> dict:
+        """JSON-able {name: value} of this optimizer's hyperparameters."""
+        return {name: (list(v) if isinstance(v, tuple) else v)
+                for name in self.HYPER for v in [getattr(self, name)]}
+
+    # -- the update ----------------------------------------------------------------------
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to None (torch's ``set_to_none=True`` default):
+        a ``step()`` before the next ``model.backward`` then fails clearly instead of
+        reusing stale gradients."""
+        for _, layer, name in self.model.named_parameters():
+            layer.grads[name] = None
+
+    def step(self) -> None:
+        """Apply one update to every parameter from its gradient."""
+        params = self.model.named_parameters()
+        for key, layer, name in params:
+            if layer.grads.get(name) is None:
                 raise RuntimeError(
                     f"{type(self).__name__}.step(): parameter {key} of {layer!r} has no gradient; "
                     "run model.backward(...) before step()"
                 )
-            self._update(key, layer.params[name], grad)
+        self.steps += 1
+        for key, layer, name in params:
+            self._update(key, layer.params[name], layer.grads[name])
 
     def _update(self, key, param, grad):
         raise NotImplementedError
@@ -42,8 +96,10 @@ class Optimizer:
             per_param[name] = array_module(like).zeros_like(like)  # on like's device, in its dtype
         return per_param[name]
 
+    # -- save / restore --------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Host copy of all state: {"type", "lr", "steps", "state": {key: {name: ndarray}}}."""
+        """Host copy of everything a resume needs:
+        {"type", "hyper": {name: value}, "steps", "state": {key: {buffer: ndarray}}}."""
         return {
             "type": type(self).__name__,
             "hyper": self.hyperparameters(),
@@ -52,69 +108,141 @@ class Optimizer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output, placing buffers on the model's device."""
+        """Restore :meth:`state_dict` output: hyperparameters, step count and buffers
+        (placed on the model's device, in the parameter's dtype). Hyperparameters missing
+        from an older file keep their current values."""
         if state.get("type") != type(self).__name__:
             raise ValueError(
                 f"optimizer state was saved from {state.get('type')!r}, cannot load it into "
                 f"{type(self).__name__}; resume with the same --optimizer"
             )
-        keys = {key for key, _, _ in self.model.named_parameters()}
-        unknown = set(state["state"]) - keys
+        params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
+        unknown = set(state["state"]) - set(params)
         if unknown:
-            raise ValueError(f"optimizer state has parameters {sorted(unknown)} the model does not have")
+            raise ValueError(
+                f"optimizer state has parameters {sorted(unknown)} the model does not have "
+                f"(it has {sorted(params)}); was it saved from a different architecture?"
+            )
+        buffers = {}
+        for key, saved in state["state"].items():
+            buffers[key] = {}
+            for name, value in saved.items():
+                value = np.asarray(value)
+                if value.shape != tuple(params[key].shape):
+                    raise ValueError(
+                        f"optimizer buffer {key}/{name} expected shape {tuple(params[key].shape)}, "
+                        f"got {value.shape}; was it saved from a different architecture?"
+                    )
+                buffers[key][name] = self.model.backend.asarray(value.astype(params[key].dtype, copy=False))
+        hyper = self.hyperparameters()
+        hyper.update({k: v for k, v in state.get("hyper", {}).items() if k in self.HYPER})
+        self._configure(hyper)
         self.steps = int(state["steps"])
-        asarray = self.model.backend.asarray
-        self.state = {k: {n: asarray(np.asarray(v)) for n, v in bufs.items()} for k, bufs in state["state"].items()}
-
-    def hyperparameters(self) -> dict:
-        return {"lr": self.lr}
+        self.state = buffers
 
 
 class SGD(Optimizer):
-    """w -= lr * g (seed 000); with momentum (PyTorch's form): v = momentum*v + g; w -= lr*v."""
+    """Stochastic gradient descent, as torch.optim.SGD (dampening 0):
 
-    def __init__(self, model, lr, momentum=0.0):
-        super().__init__(model, lr)
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"SGD expected 0 <= momentum < 1, got {momentum!r}")
-        self.momentum = float(momentum)
+        g = grad + weight_decay * w          (L2 penalty, coupled)
+        v = momentum * v + g                 (when momentum > 0)
+        g = g + momentum * v if nesterov else v
+        w -= lr * g
+
+    With momentum 0 this is seed 000's ``w -= lr * grad``.
+    """
+
+    HYPER = ("lr", "momentum", "nesterov", "weight_decay")
+
+    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(model, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+    def _check(self, hyper):
+        super()._check(hyper)
+        momentum, nesterov = hyper["momentum"], hyper["nesterov"]
+        if not (_is_number(momentum) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"SGD expected 0 <= momentum < 1, got {momentum!r}; 0.9 is the usual choice")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"SGD expected nesterov True or False, got {nesterov!r}")
+        if nesterov and momentum == 0:
+            raise ValueError(
+                f"SGD(nesterov=True) expected momentum > 0, got momentum={momentum!r}; "
+                "pass momentum=0.9 or nesterov=False"
+            )
+        hyper["momentum"], hyper["nesterov"] = float(momentum), bool(nesterov)
 
     def _update(self, key, param, grad):
-        lr = param.dtype.type(self.lr)
-        if self.momentum == 0.0:
-            param -= lr * grad
-            return
-        velocity = self._buffer(key, "velocity", param)
-        velocity *= param.dtype.type(self.momentum)
-        velocity += grad
-        param -= lr * velocity
-
-    def hyperparameters(self):
-        return {"lr": self.lr, "momentum": self.momentum}
+        t = param.dtype.type  # every scalar in the param's dtype: float32 stays float32
+        if self.weight_decay:
+            grad = grad + t(self.weight_decay) * param  # a new array: the layer's grad is untouched
+        if self.momentum:
+            velocity = self._buffer(key, "velocity", param)
+            velocity *= t(self.momentum)
+            velocity += grad
+            grad = grad + t(self.momentum) * velocity if self.nesterov else velocity
+        param -= t(self.lr) * grad
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction, as torch.optim.Adam (no weight decay)."""
+    """Adam (Kingma & Ba) with bias correction, as torch.optim.Adam:
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(model, lr)
-        self.beta1, self.beta2 = (float(b) for b in betas)
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
-            raise ValueError(f"Adam expected betas in [0, 1), got {betas!r}")
-        self.eps = float(eps)
+        g = grad + weight_decay * w          (L2 penalty, coupled: torch's Adam)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g^2
+        w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+
+    HYPER = ("lr", "betas", "eps", "weight_decay")
+    _decoupled = False  # AdamW: weight decay applied to w directly, not through g
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _check(self, hyper):
+        super()._check(hyper)
+        betas, eps = hyper["betas"], hyper["eps"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(
+                f"{type(self).__name__} expected betas = (beta1, beta2), each in [0, 1), got {betas!r}; "
+                "the usual choice is (0.9, 0.999)"
+            )
+        if not (_is_number(eps) and eps > 0):
+            raise ValueError(f"{type(self).__name__} expected eps > 0, got {eps!r}; the usual choice is 1e-8")
+        hyper["betas"], hyper["eps"] = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self, key, param, grad):
-        t = param.dtype.type
+        xp, t = array_module(param), param.dtype.type
+        beta1, beta2 = self.betas
+        if self.weight_decay:
+            if self._decoupled:
+                param *= t(1.0 - self.lr * self.weight_decay)
+            else:
+                grad = grad + t(self.weight_decay) * param  # a new array: the layer's grad is untouched
         m = self._buffer(key, "m", param)
         v = self._buffer(key, "v", param)
-        m *= t(self.beta1)
-        m += t(1.0 - self.beta1) * grad
-        v *= t(self.beta2)
-        v += t(1.0 - self.beta2) * (grad * grad)
-        step_size = self.lr / (1.0 - self.beta1 ** self.steps)
-        denom_scale = 1.0 / np.sqrt(1.0 - self.beta2 ** self.steps)
-        # param -= lr_t * m / (sqrt(v) / sqrt(1 - beta2^t) + eps), as torch computes it
-        param -= t(step_size) * m / (v ** t(0.5) * t(denom_scale) + t(self.eps))
+        m *= t(beta1)
+        m += t(1.0 - beta1) * grad
+        scratch = xp.multiply(grad, grad)  # g^2, then reused for the step
+        scratch *= t(1.0 - beta2)
+        v *= t(beta2)
+        v += scratch
+        # bias corrections in double on the host, cast once: float32 stays float32
+        step_size = self.lr / (1.0 - beta1 ** self.steps)
+        correction2_sqrt = math.sqrt(1.0 - beta2 ** self.steps)
+        xp.sqrt(v, out=scratch)
+        scratch /= t(correction2_sqrt)
+        scratch += t(self.eps)  # denominator, as torch: sqrt(v) / sqrt(1 - beta2^t) + eps
+        xp.divide(m, scratch, out=scratch)
+        scratch *= t(step_size)
+        param -= scratch
 
-    def hyperparameters(self):
-        return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps}
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW:
+    ``w -= lr * weight_decay * w`` before the Adam step, which sees the raw gradient."""
+
+    _decoupled = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

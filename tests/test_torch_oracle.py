@@ -130,3 +130,40 @@ def test_optimizers_match_torch(rng):
             topt.step()
         np.testing.assert_allclose(dense.params["weight"], tw.detach().numpy(), rtol=1e-12)
         np.testing.assert_allclose(dense.params["bias"], tb.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_label_smoothed_cross_entropy_matches_torch(smoothing, scale, rng):
+    logits = rng.standard_normal((9, 10)) * scale
+    labels = rng.integers(0, 10, 9)
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=smoothing)
+    loss = loss_fn.forward(logits, labels)
+    tl = as_torch(logits)
+    t_loss = F.cross_entropy(tl, torch.from_numpy(labels), label_smoothing=smoothing)
+    t_loss.backward()
+    assert float(loss) == pytest.approx(t_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(loss_fn.backward(), tl.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_label_smoothed_cross_entropy_float32_matches_torch(rng):
+    logits = (rng.standard_normal((16, 7)) * 5).astype(np.float32)
+    labels = rng.integers(0, 7, 16)
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=0.2)
+    loss = loss_fn.forward(logits, labels)
+    dlogits = loss_fn.backward()
+    assert loss.dtype == np.float32 and dlogits.dtype == np.float32
+    tl = torch.tensor(logits, requires_grad=True)
+    t_loss = F.cross_entropy(tl, torch.from_numpy(labels), label_smoothing=0.2)
+    t_loss.backward()
+    assert float(loss) == pytest.approx(t_loss.item(), rel=1e-6)
+    np.testing.assert_allclose(dlogits, tl.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_label_smoothing_is_validated_and_shown():
+    assert repr(SoftmaxCrossEntropy()) == "SoftmaxCrossEntropy()"
+    assert repr(SoftmaxCrossEntropy(label_smoothing=0.1)) == "SoftmaxCrossEntropy(label_smoothing=0.1)"
+    for bad in (-0.1, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy expected 0 <= label_smoothing <= 1, got .*; "
+                                             r"0.1 is the usual choice"):
+            SoftmaxCrossEntropy(label_smoothing=bad)
