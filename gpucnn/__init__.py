@@ -1,6 +1,7 @@
 """gpucnn: a small, readable CNN trainer on NumPy (CPU) or CuPy (CUDA GPU)."""
 from .backend import get_backend
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, MaxPool2D, Normalize, ReLU)
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential, load
 from .optim import SGD, Adam
@@ -10,4 +11,5 @@ __version__ = "0.1.0"
 __all__ = [
     "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
     "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "manual_seed", "default_generator",
+    "BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize",
 ]

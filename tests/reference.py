@@ -91,3 +91,76 @@ def softmax_cross_entropy(logits, labels):
         p[labels[s]] -= 1
         grad[s] = p / n
     return loss / n, grad
+
+
+# -- the toolkit layers (issue 10) ------------------------------------------------------------
+def _channel_values(x):
+    """x (N, C, ...) -> for each channel c, the list of (index, value) of its N*H*W entries."""
+    per_channel = [[] for _ in range(x.shape[1])]
+    for index in np.ndindex(*x.shape):
+        per_channel[index[1]].append((index, float(x[index])))
+    return per_channel
+
+
+def batchnorm_forward(x, weight, bias, eps, mean=None, var=None):
+    """Batch norm of x (N, C, ...) one value at a time; batch statistics (biased variance)
+    unless mean and var are given. Returns (y, batch mean, batch biased variance)."""
+    y = np.zeros(x.shape)
+    means, variances = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for c, entries in enumerate(_channel_values(x)):
+        m = sum(v for _, v in entries) / len(entries)
+        s = sum((v - m) ** 2 for _, v in entries) / len(entries)
+        means[c], variances[c] = m, s
+        use_m, use_s = (m, s) if mean is None else (mean[c], var[c])
+        for index, v in entries:
+            y[index] = weight[c] * (v - use_m) / np.sqrt(use_s + eps) + bias[c]
+    return y, means, variances
+
+
+def batchnorm_backward(x, weight, eps, dy):
+    """Training-mode batch-norm gradients (dx, dweight, dbias) by the textbook chain rule
+    (Ioffe & Szegedy 2015, Algorithm 1's backward), one channel at a time."""
+    dx, dweight, dbias = np.zeros(x.shape), np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for c, entries in enumerate(_channel_values(x)):
+        m_count = len(entries)
+        mu = sum(v for _, v in entries) / m_count
+        var = sum((v - mu) ** 2 for _, v in entries) / m_count
+        std = np.sqrt(var + eps)
+        dxhat = {index: dy[index] * weight[c] for index, _ in entries}
+        dvar = sum(dxhat[i] * (v - mu) * -0.5 * std ** -3 for i, v in entries)
+        dmu = sum(-dxhat[i] / std for i, _ in entries) + dvar * sum(-2 * (v - mu) for _, v in entries) / m_count
+        for index, v in entries:
+            dx[index] = dxhat[index] / std + dvar * 2 * (v - mu) / m_count + dmu / m_count
+            dweight[c] += dy[index] * (v - mu) / std
+            dbias[c] += dy[index]
+    return dx, dweight, dbias
+
+
+def dropout_forward(x, keep, p):
+    """Inverted dropout with a given boolean keep mask, one value at a time."""
+    y = np.zeros(x.shape)
+    for index in np.ndindex(*x.shape):
+        y[index] = x[index] / (1 - p) if keep[index] else 0.0
+    return y
+
+
+def global_avg_pool(x):
+    """x (N, C, H, W) -> (N, C): the mean of each map, summed value by value."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c))
+    for s in range(n):
+        for ch in range(c):
+            total = 0.0
+            for i in range(h):
+                for j in range(w):
+                    total += x[s, ch, i, j]
+            y[s, ch] = total / (h * w)
+    return y
+
+
+def normalize(x, mean, std):
+    """(x - mean[c]) / std[c], one value at a time."""
+    y = np.zeros(x.shape)
+    for index in np.ndindex(*x.shape):
+        y[index] = (x[index] - mean[index[1]]) / std[index[1]]
+    return y

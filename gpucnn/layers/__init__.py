@@ -15,10 +15,15 @@ from .activations import ReLU
 from .base import Layer
 from .conv import Conv2D
 from .dense import Dense
+from .dropout import Dropout
 from .flatten import Flatten
-from .pooling import AvgPool2D, MaxPool2D
+from .normalization import BatchNorm1D, BatchNorm2D, Normalize
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["Layer", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "LAYER_TYPES"]
+__all__ = ["Layer", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "BatchNorm2D",
+           "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize", "LAYER_TYPES"]
 
 # name -> class, for rebuilding a saved architecture (gpucnn.model.load).
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, ReLU, MaxPool2D, AvgPool2D, Flatten, Dense)}
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, ReLU, MaxPool2D, AvgPool2D, Flatten, Dense,
+                                              BatchNorm2D, BatchNorm1D, Dropout, GlobalAvgPool2D,
+                                              Normalize)}

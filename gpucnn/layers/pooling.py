@@ -184,3 +184,35 @@ class AvgPool2D(_Pool2D):
         dx_padded = self._gradient_buffer(x_padded, y_shape[2:])  # (N, C, Hp, Wp)
         self._scatter(dx_padded, dy, [scale] * (self.kernel_size[0] * self.kernel_size[1]))
         return self._unpad(dx_padded)
+
+
+class GlobalAvgPool2D(Layer):
+    """Global average pooling: x (N, C, H, W) -> y (N, C), the mean of each feature map
+    (torch: AdaptiveAvgPool2d(1) followed by flatten)."""
+
+    def describe(self) -> str:
+        return "GlobalAvgPool2D"
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4:
+            hint = "; add a channel axis with x[:, None]" if len(shape) == 3 else ""
+            raise ValueError(f"{self!r} expected x of shape (N, C, H, W), got {shape}{hint}")
+        return shape[:2]
+
+    def forward(self, x):
+        """x (N, C, H, W) -> y (N, C)."""
+        self._check_floating(x)
+        self.output_shape(x.shape)
+        self._cache = x
+        return x.mean(axis=(2, 3))  # (N, C)
+
+    def backward(self, dy, need_input_grad=True):
+        """dy (N, C) -> dx (N, C, H, W) = dy / (H*W) at every position, in x's layout."""
+        x = self._cached()
+        self._check_dy(dy, x.shape[:2])
+        if not need_input_grad:
+            return None
+        xp = array_module(dy)
+        scale = x.dtype.type(1.0 / (x.shape[2] * x.shape[3]))
+        return xp.multiply(dy[:, :, None, None], scale, out=xp.empty_like(x))  # (N, C, H, W)

@@ -1,0 +1,260 @@
+"""Per-channel normalisation: BatchNorm2D (feature maps), BatchNorm1D (after Dense),
+and Normalize (fixed input statistics, e.g. a data set's per-channel mean and std).
+
+Batch normalisation, per channel c over the M = N*H*W values of the batch:
+
+    mean = sum(x) / M,   var = sum((x - mean)^2) / M        (biased: used to normalise)
+    x_hat = (x - mean) / sqrt(var + eps),   y = weight * x_hat + bias
+
+Training mode normalises with the batch statistics and moves the running statistics
+towards them, as torch.nn.BatchNorm2d does: running = (1 - momentum) * running +
+momentum * batch, with the unbiased variance var * M / (M - 1). Evaluation mode
+normalises with the running statistics instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import array_module, to_host
+from .base import Layer, check_dtype, check_positive_int
+
+
+def _check_number(owner: str, name: str, value, inside, wanted: str) -> float:
+    """A real number for which ``inside(value)`` holds; ``wanted`` says which, e.g. "> 0"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not inside(float(value)):
+        raise ValueError(f"{owner} expected {name} {wanted}, got {value!r}")
+    return float(value)
+
+
+class _BatchNorm(Layer):
+    """Shared batch normalisation over every axis but the channel axis (axis 1).
+
+    params["weight"] (gamma, ones) and params["bias"] (beta, zeros), shape (C,);
+    state["running_mean"] (zeros) and state["running_var"] (ones), shape (C,).
+    """
+
+    layout = ""          # e.g. "(N, C, H, W)"; error messages put num_features for C
+    reduce_axes = ()     # the axes statistics are taken over
+    subscripts = ""      # einsum: sum over reduce_axes of a product -> (C,)
+    hint = ""            # what to do when the input has the other BatchNorm's rank
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = check_positive_int(name, "num_features", num_features)
+        self.eps = _check_number(name, "eps", eps, lambda v: 0 < v < np.inf, "> 0")
+        self.momentum = _check_number(name, "momentum", momentum, lambda v: 0 <= v <= 1, "in [0, 1]")
+        self.dtype = check_dtype(dtype)
+        c = self.num_features
+        self.params = {"weight": np.ones(c, dtype=self.dtype), "bias": np.zeros(c, dtype=self.dtype)}
+        self.grads = {"weight": None, "bias": None}
+        self.state = {"running_mean": np.zeros(c, dtype=self.dtype),
+                      "running_var": np.ones(c, dtype=self.dtype)}
+
+    def get_config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "dtype": self.dtype.name}
+
+    def describe(self) -> str:
+        return f"{type(self).__name__} {self.num_features}"
+
+    def _owner(self) -> str:
+        return f"{type(self).__name__}(num_features={self.num_features})"
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        expected = self.layout.replace("C", str(self.num_features))
+        if len(shape) != len(self.reduce_axes) + 1 or shape[1] != self.num_features:
+            hint = self.hint if len(shape) != len(self.reduce_axes) + 1 else ""
+            raise ValueError(f"{self._owner()} expected x of shape {expected}, got {shape}{hint}")
+        return shape
+
+    def _per_channel(self, v):
+        """(C,) -> a view that broadcasts along axis 1 of the input."""
+        return v.reshape((-1,) + (1,) * (len(self.reduce_axes) - 1))  # (C, 1, 1) or (C,)
+
+    def forward(self, x):
+        """x (N, C, ...) -> y (N, C, ...), in x's memory layout."""
+        self._check_floating(x, self.dtype)
+        self.output_shape(x.shape)
+        xp = array_module(x)
+        weight, bias = self.params["weight"], self.params["bias"]
+        if self.training:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(
+                    f"{self._owner()} expected more than 1 value per channel in training mode, "
+                    f"got x of shape {tuple(x.shape)}; use a larger batch, or eval mode"
+                )
+            mean = x.mean(axis=self.reduce_axes)  # (C,)
+            centered = xp.empty_like(x)  # keeps x's layout (Conv2D hands over (C, H, W, N) memory)
+            xp.subtract(x, self._per_channel(mean), out=centered)  # x - mean, (N, C, ...)
+            # sums of products over the batch: einsum reads its operands once and makes no
+            # temporary (a product-reduction, not a matrix multiply: no BLAS is missed)
+            var = xp.einsum(self.subscripts, centered, centered) / x.dtype.type(count)  # (C,), biased
+            inv_std = 1 / xp.sqrt(var + x.dtype.type(self.eps))  # (C,)
+            y = xp.multiply(centered, self._per_channel(weight * inv_std), out=xp.empty_like(x))
+            y += self._per_channel(bias)
+            self._update_running_stats(mean, var, count)
+            self._cache = (centered, None, inv_std)  # backward needs x - mean, not x
+        else:
+            mean = self.state["running_mean"]
+            inv_std = 1 / xp.sqrt(self.state["running_var"] + x.dtype.type(self.eps))  # (C,)
+            scale = weight * inv_std  # (C,): y = x * scale + (bias - mean * scale)
+            y = xp.multiply(x, self._per_channel(scale), out=xp.empty_like(x))
+            y += self._per_channel(bias - mean * scale)
+            self._cache = (x, mean, inv_std)
+        return y
+
+    def _update_running_stats(self, mean, var, count):
+        m = self.dtype.type(self.momentum)
+        unbiased = var * self.dtype.type(count / (count - 1))
+        self.state["running_mean"] = (1 - m) * self.state["running_mean"] + m * mean
+        self.state["running_var"] = (1 - m) * self.state["running_var"] + m * unbiased
+
+    def backward(self, dy, need_input_grad=True):
+        """dy (N, C, ...) -> dx (N, C, ...) in x's layout; fills grads.
+
+        After a training-mode forward (batch statistics, which depend on x), with
+        x_hat = (x - mean) * inv_std and sums over the M values of each channel:
+
+            dx = weight * inv_std * (dy - sum(dy) / M - x_hat * sum(dy * x_hat) / M)
+
+        After an evaluation-mode forward (fixed statistics): dx = weight * inv_std * dy.
+        Both fill grads["weight"] = sum(dy * x_hat) and grads["bias"] = sum(dy).
+        """
+        source, running_mean, inv_std = self._cached()
+        self._check_dy(dy, source.shape)
+        xp = array_module(dy)
+        training = running_mean is None
+        if training:
+            centered = source  # x - mean, from forward
+        else:  # x - running_mean, in a buffer that becomes dx
+            centered = xp.subtract(source, self._per_channel(running_mean), out=xp.empty_like(source))
+        sum_dy = dy.sum(axis=self.reduce_axes)  # (C,)
+        sum_dy_centered = xp.einsum(self.subscripts, dy, centered)  # (C,) = sum(dy * x_hat) / inv_std
+        self.grads["bias"] = sum_dy
+        self.grads["weight"] = sum_dy_centered * inv_std
+        if not need_input_grad:
+            return None
+        scale = self.params["weight"] * inv_std  # (C,)
+        if not training:
+            return xp.multiply(dy, self._per_channel(scale), out=centered)
+        count = source.dtype.type(source.size // self.num_features)
+        # dx = scale * (dy - sum(dy) / M - (x - mean) * inv_std^2 * sum(dy * (x - mean)) / M)
+        dx = xp.multiply(centered, self._per_channel(-(inv_std * inv_std) * sum_dy_centered / count),
+                         out=xp.empty_like(centered))
+        dx += dy
+        dx -= self._per_channel(sum_dy / count)
+        dx *= self._per_channel(scale)
+        return dx
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalisation of feature maps: x (N, C, H, W) -> y (N, C, H, W), as
+    torch.nn.BatchNorm2d; statistics per channel over N, H and W.
+
+    The output and dx keep the input's memory layout (any strides).
+    """
+
+    layout = "(N, C, H, W)"
+    reduce_axes = (0, 2, 3)
+    subscripts = "nchw,nchw->c"
+    hint = "; use BatchNorm1D for (N, features) input"
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation of features: x (N, F) -> y (N, F), as torch.nn.BatchNorm1d
+    on 2-D input; ``num_features`` is F, statistics per feature over N."""
+
+    layout = "(N, C)"
+    reduce_axes = (0,)
+    subscripts = "nc,nc->c"
+    hint = "; use BatchNorm2D for (N, C, H, W) feature maps"
+
+
+def _per_channel_floats(owner: str, name: str, values) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(
+            f"{owner} expected {name} as a sequence of per-channel floats, got {values!r}; "
+            f"pass {name}=[{values!r}] for one channel"
+        )
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner} expected {name} as a sequence of floats, got {values!r}") from None
+    if not floats:
+        raise ValueError(f"{owner} expected {name} with one value per channel, got an empty sequence")
+    if not all(np.isfinite(floats)):
+        raise ValueError(f"{owner} expected finite {name} values, got {list(floats)}")
+    return floats
+
+
+class Normalize(Layer):
+    """Per-channel input normalisation: x (N, C, H, W) -> y = (x - mean[c]) / std[c], same shape.
+
+    ``mean`` and ``std`` are sequences of C floats (the training split's per-channel
+    statistics); they are part of the configuration, so a saved model carries them and
+    ``predict`` on raw images gives the same answer after loading.
+    """
+
+    def __init__(self, mean, std, *, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        self.mean = _per_channel_floats(name, "mean", mean)
+        self.std = _per_channel_floats(name, "std", std)
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"{name} expected mean and std of the same length (one value per channel), "
+                f"got {len(self.mean)} means and {len(self.std)} stds"
+            )
+        if min(self.std) <= 0:
+            raise ValueError(f"{name} expected every std > 0, got std={list(self.std)}")
+        self.dtype = check_dtype(dtype)
+        self.num_channels = len(self.mean)
+        # constants on the layer's device; to() moves them
+        self._mean = np.asarray(self.mean, dtype=self.dtype).reshape(-1, 1, 1)  # (C, 1, 1)
+        self._std = np.asarray(self.std, dtype=self.dtype).reshape(-1, 1, 1)  # (C, 1, 1)
+
+    def get_config(self):
+        return {"mean": list(self.mean), "std": list(self.std), "dtype": self.dtype.name}
+
+    def describe(self) -> str:
+        return f"Normalize {self.num_channels}ch"
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4 or shape[1] != self.num_channels:
+            hint = "; add a channel axis with x[:, None]" if len(shape) == 3 else ""
+            raise ValueError(
+                f"Normalize({self.num_channels} channels) expected x of shape "
+                f"(N, {self.num_channels}, H, W), got {shape}{hint}"
+            )
+        return shape
+
+    def to(self, backend) -> "Normalize":
+        super().to(backend)
+        self._mean = backend.asarray(to_host(self._mean))
+        self._std = backend.asarray(to_host(self._std))
+        return self
+
+    def forward(self, x):
+        """x (N, C, H, W) -> y (N, C, H, W), in x's memory layout."""
+        self._check_floating(x, self.dtype)
+        self.output_shape(x.shape)
+        xp = array_module(x)
+        y = xp.empty_like(x)
+        xp.subtract(x, self._mean, out=y)
+        y /= self._std
+        self._cache = x
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        """dy (N, C, H, W) -> dx = dy / std[c], in x's memory layout."""
+        x = self._cached()
+        self._check_dy(dy, x.shape)
+        if not need_input_grad:
+            return None
+        xp = array_module(dy)
+        return xp.divide(dy, self._std, out=xp.empty_like(x))
