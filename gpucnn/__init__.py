@@ -4,12 +4,12 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
                      GlobalAvgPool2D, MaxPool2D, Normalize, ReLU)
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential, load
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW
 from .random import default_generator, manual_seed
 
 __version__ = "0.1.0"
 __all__ = [
     "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
-    "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "manual_seed", "default_generator",
+    "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "AdamW", "manual_seed", "default_generator",
     "BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize",
 ]
