@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from .backend import get_backend, to_host
-from .layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
+from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
 from .predict import predict_batches
 from .summary import summary_table, trace_shapes
 
@@ -239,21 +239,30 @@ class Sequential:
         atomic_savez(path, arrays)
 
 
-def build(architecture: list[dict], rng=None) -> Sequential:
-    """Rebuild layers from :meth:`Sequential.architecture` output (fresh weights)."""
+def build(architecture: list[dict], rng=None, dropout_rng=None) -> Sequential:
+    """Rebuild layers from :meth:`Sequential.architecture` output (fresh weights).
+
+    ``rng`` draws the initial weights (a private ``default_rng(0)`` when None, so
+    rebuilding never consumes gpucnn's default generator); ``dropout_rng`` is the host
+    generator Dropout layers draw their masks from while training (None: gpucnn's
+    default generator, looked up at each forward).
+    """
     rng = np.random.default_rng(0) if rng is None else rng
     layers = []
-    for spec in architecture:
+    for i, spec in enumerate(architecture):
         cls = LAYER_TYPES.get(spec.get("type"))
         if cls is None:
-            raise ValueError(f"unknown layer type {spec.get('type')!r}; known: {sorted(LAYER_TYPES)}")
+            raise ValueError(f"layer {i}: unknown layer type {spec.get('type')!r}; known: {sorted(LAYER_TYPES)}")
         config = dict(spec.get("config", {}))
         if "rng" in inspect.signature(cls).parameters:
-            config["rng"] = rng
+            config["rng"] = dropout_rng if cls is Dropout else rng
         for key in ("kernel_size", "padding"):
             if isinstance(config.get(key), list):
                 config[key] = tuple(tuple(v) if isinstance(v, list) else v for v in config[key])
-        layers.append(cls(**config))
+        try:
+            layers.append(cls(**config))
+        except TypeError as exc:  # a missing or misspelt constructor argument
+            raise ValueError(f"layer {i} ({cls.__name__}): {exc}") from exc
     return Sequential(layers)
 
 
