@@ -1,15 +1,14 @@
-"""MNIST IDX loading: checksums, truncation, magic numbers, downloads from a local server."""
+"""MNIST IDX loading (through gpucnn.data, the old import path): checksums, truncation,
+magic numbers, downloads from a local server only when allowed."""
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_server import LocalServer, dead_url
 
 from gpucnn.data import (MNIST_FILES, DataError, download_mnist, load_digits, load_mnist, read_idx,
                          stratified_split)
@@ -69,37 +68,22 @@ def test_wrong_magic(tmp_path):
         read_idx(bad)
 
 
-class _Server:
-    """A static file server on 127.0.0.1 (an ephemeral port), for the download path."""
-
-    def __init__(self, folder):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def test_download_from_a_local_mirror(tmp_path):
     served = tmp_path / "mirror"
     shutil.copytree(REPO_MNIST, served)
     target = tmp_path / "data"
-    with _Server(served) as server:
-        data = load_mnist(target, mirrors=(server.url,))
-    assert data.test_x.shape == (10000, 1, 28, 28)
+    with LocalServer(served) as server:
+        data = load_mnist(target, download=True, mirrors=(dead_url(tmp_path), server.url))
+    assert data.test_x.shape == (10000, 1, 28, 28) and data.name == "mnist"
     assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.gz" for n, _ in MNIST_FILES.values())
+
+
+def test_nothing_is_downloaded_unless_allowed(tmp_path):
+    served = tmp_path / "mirror"
+    shutil.copytree(REPO_MNIST, served)
+    with LocalServer(served) as server, pytest.raises(DataError, match=r"MNIST files missing"):
+        load_mnist(tmp_path / "data", mirrors=(server.url,))  # download=False is the default
+    assert server.requests == [] and not (tmp_path / "data").exists()
 
 
 def test_download_refuses_a_corrupted_mirror_file(tmp_path):
@@ -107,19 +91,21 @@ def test_download_refuses_a_corrupted_mirror_file(tmp_path):
     served.mkdir()
     (served / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(raw_labels()[:-10]))
     target = tmp_path / "data"
-    with _Server(served) as server, pytest.raises(DataError, match=r"checksum mismatch"):
+    with LocalServer(served) as server, pytest.raises(DataError, match=r"checksum mismatch"):
         download_mnist(target, mirrors=(server.url,), names=["test_labels"])
     assert list(target.iterdir()) == []  # nothing half-written is left behind
 
 
-def test_offline_error_lists_missing_files(tmp_path):
-    with _Server(tmp_path) as server:
-        dead_url = server.url
+def test_missing_files_name_both_remedies(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_mnist(tmp_path / "empty")
+    message = str(caught.value)
+    assert "MNIST files missing in" in message and "train-images-idx3-ubyte.gz" in message
+    assert "t10k-labels-idx1-ubyte.gz" in message and "put them there" in message
+    assert "--download" in message and "download=True" in message and "--data-dir" not in message
     with pytest.raises(DataError, match=r"MNIST files missing in .*train-images-idx3-ubyte.gz.*t10k-labels-idx1-ubyte.gz"
                                         r"(.|\n)*download failed"):
-        load_mnist(tmp_path / "empty", mirrors=(dead_url,))
-    with pytest.raises(DataError, match=r"MNIST files missing"):
-        load_mnist(tmp_path / "empty", download=False)
+        load_mnist(tmp_path / "empty", download=True, mirrors=(dead_url(tmp_path),))
 
 
 def test_digits_and_stratified_split():

@@ -1,0 +1,55 @@
+"""Datasets, one module per source, behind one entry point:
+
+    data = gpucnn.datasets.load("cifar10", data_dir="data/cifar10", download=True)
+    mean, std = gpucnn.datasets.channel_stats(data.train_x)
+
+Every source returns a Dataset of host arrays: images (N, C, H, W) float32 in [0, 1],
+labels (N,) int64 in [0, num_classes). Files are checked against published checksums;
+nothing is downloaded unless ``download=True`` (the CLI's --download).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cifar10 import load_cifar10
+from .common import DataError, Dataset, to_float_images
+from .digits import load_digits
+from .fashion_mnist import load_fashion_mnist
+from .idx import read_idx
+from .mnist import MNIST_FILES, MNIST_MIRRORS, download_mnist, load_mnist
+from .npz import load_npz
+from .stats import channel_stats
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
+# Where each named set is looked for when no data_dir is given (relative to the working folder).
+DEFAULT_DATA_DIRS = {"mnist": "data/mnist", "fashion-mnist": "data/fashion-mnist", "cifar10": "data/cifar10"}
+_FILE_LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+
+__all__ = ["DATASETS", "DEFAULT_DATA_DIRS", "DataError", "Dataset", "load", "channel_stats", "load_mnist",
+           "load_fashion_mnist", "load_cifar10", "load_digits", "load_npz", "read_idx", "download_mnist",
+           "MNIST_FILES", "MNIST_MIRRORS", "to_float_images"]
+
+
+def load(name_or_path, data_dir=None, download: bool = False) -> Dataset:
+    """A Dataset by name (one of DATASETS) or from your own .npz file.
+
+    ``data_dir``: the folder holding a named set's files (default DEFAULT_DATA_DIRS[name]);
+    not used by "digits" (bundled with scikit-learn) or a .npz path (the path is the data).
+    ``download``: fetch missing files from the official mirrors, verified before use.
+    """
+    if isinstance(name_or_path, Path) or str(name_or_path).lower().endswith(".npz"):
+        _refuse_data_dir(data_dir, f"a .npz file ({name_or_path})")
+        return load_npz(name_or_path)
+    name = str(name_or_path)
+    if name == "digits":
+        _refuse_data_dir(data_dir, "digits (bundled with scikit-learn)")
+        return load_digits()
+    if name not in _FILE_LOADERS:
+        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}, "
+                         "or the path of a .npz file holding x_train, y_train, x_test, y_test")
+    return _FILE_LOADERS[name](DEFAULT_DATA_DIRS[name] if data_dir is None else data_dir, download=download)
+
+
+def _refuse_data_dir(data_dir, what: str) -> None:
+    if data_dir is not None:
+        raise ValueError(f"data_dir={str(data_dir)!r} is not used by {what}; leave it out (None)")

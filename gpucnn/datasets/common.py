@@ -1,0 +1,73 @@
+"""What every data source shares: the Dataset record, DataError, checksums and the
+message that says what to do when files are missing."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupted or not what it claims to be."""
+
+
+@dataclass
+class Dataset:
+    """Host arrays: images (N, C, H, W) float32 in [0, 1], labels (N,) int64 in [0, num_classes).
+
+    ``class_names`` is a tuple of num_classes strings when the source names its classes,
+    else None; ``name`` says where the data came from ("mnist", "cifar10", a file's stem).
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int = 10
+    class_names: tuple | None = None
+    name: str = ""
+
+    @property
+    def input_shape(self) -> tuple:
+        """(C, H, W) of one image."""
+        return tuple(self.train_x.shape[1:])
+
+
+def sha256_of(path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (a 170 MB archive never sits in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path, sha256: str, size: int | None = None, fix: str = "") -> None:
+    """Raise DataError naming ``path`` unless its size (when given) and SHA-256 match."""
+    path = Path(path)
+    fix = fix or "the file is truncated or corrupted: delete it and get it again"
+    got_size = path.stat().st_size
+    if size is not None and got_size != size:
+        raise DataError(f"{path}: expected {size} bytes, got {got_size}; {fix}")
+    digest = sha256_of(path)
+    if digest != sha256:
+        raise DataError(f"{path}: checksum mismatch, expected SHA-256 {sha256}, got {digest}; {fix}")
+
+
+def missing_message(title: str, data_dir: Path, missing: list[str], source: str, failure=None) -> str:
+    """The error for absent files: names them and the two remedies (put them there, or
+    allow the download); after a failed download, says why it failed instead."""
+    head = f"{title} files missing in {data_dir}: {', '.join(missing)}"
+    if failure is not None:
+        return f"{head}, and the download failed: {failure}\nPut the files there ({source}) and run again"
+    return (f"{head}. Either put them there ({source}), or allow the download: "
+            "--download on the command line, download=True in gpucnn.datasets.load()")
+
+
+def to_float_images(images: np.ndarray, scale: float = 255.0) -> np.ndarray:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1] (one float32 copy, divided in place)."""
+    out = images.astype(np.float32)[:, None]  # (N, 1, H, W)
+    np.divide(out, np.float32(scale), out=out)
+    return out
