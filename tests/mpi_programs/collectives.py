@@ -144,7 +144,8 @@ def main(scratch):
 
     seconds = time_allreduce(comm, get_backend("cpu"), 1000, repeats=3, warmup=1)
     assert isinstance(seconds, float) and seconds >= 0
-    print(f"rank {rank}: collectives ok", flush=True)
+    sys.stdout.write(f"rank {rank}: collectives ok\n")  # one write: lines of ranks may interleave
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
