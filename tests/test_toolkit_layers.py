@@ -427,10 +427,11 @@ def test_summary_describe_and_rebuild_cover_the_new_layers():
     assert model.layers[11].describe() == "BatchNorm1D 8"
     for name in ("BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize"):
         assert LAYER_TYPES[name] is getattr(gpucnn, name) and name in gpucnn.__all__
-    g = np.random.default_rng(4)
-    rebuilt = build(model.architecture(), rng=g)
+    g, masks = np.random.default_rng(4), np.random.default_rng(5)
+    rebuilt = build(model.architecture(), rng=g, dropout_rng=masks)
     assert rebuilt.architecture() == model.architecture()
-    assert rebuilt.layers[9].rng is g  # Dropout takes the rng; layers without one are not given it
+    assert rebuilt.layers[9].rng is masks  # Dropout draws masks from its own generator, not the weights'
+    assert build(model.architecture(), rng=g).layers[9].rng is None  # None: gpucnn's default generator
 
 
 def _given_order(layers, x, dy):
