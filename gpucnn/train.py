@@ -222,12 +222,13 @@ class _Progress:
     refreshed at most twice a second, so its device->host reads depend on wall time, not
     on the number of batches."""
 
+    DELAY = 0.5  # seconds before the first draw: the epoch line before it may still be in `| tee`
+
     def __init__(self, total, desc, backend):
         from tqdm import tqdm
 
-        # delay: the epoch line before it may still be on its way through `| tee`
         self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        file=sys.stderr, delay=0.5)
+                        file=sys.stderr, delay=self.DELAY)
         self.backend = backend
         self.last = 0.0
 
@@ -247,20 +248,24 @@ class _Progress:
             pass
 
 
-def _to_device(backend, data, name):
-    """(x, y) host or device arrays -> device arrays; host arrays are uploaded once
-    (images as float32, labels as int64, checked on the host first)."""
+def _to_device(model, data, name):
+    """(x, y) host or device arrays -> device arrays on the model's backend; host arrays are
+    checked (shapes against the model, labels against its outputs) and uploaded once
+    (images as float32, labels as int64)."""
     try:
         x, y = data
     except (TypeError, ValueError):
         raise ValueError(f"fit expected {name} = (x, y), got {type(data).__name__}") from None
     if len(x) != len(y):
         raise ValueError(f"fit expected as many {name} images as labels, got {len(x)} and {len(y)}")
-    if isinstance(x, np.ndarray):
-        x = backend.asarray(x, dtype=np.float32)
     if isinstance(y, np.ndarray):
-        check_labels(y, int(y.max()) + 1 if len(y) else 1, f"{name}")
-        y = backend.asarray(y, dtype=np.int64)
+        shape = (1, *x.shape[1:])  # one image through the layers' shape rules: no data is run
+        for layer in model.layers:
+            shape = layer.output_shape(shape)
+        check_labels(y, shape[-1], name)
+        y = model.backend.asarray(y, dtype=np.int64)
+    if isinstance(x, np.ndarray):
+        x = model.backend.asarray(x, dtype=np.float32)
     return x, y
 
 
@@ -281,9 +286,9 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     """
     rng = default_generator() if rng is None else rng
     history = list(history or [])
-    x, y = _to_device(model.backend, train, "train")
+    x, y = _to_device(model, train, "train")
     if val is not None:
-        val = _to_device(model.backend, val, "val")
+        val = _to_device(model, val, "val")
     show_bar = verbose == 1 and _stderr_is_terminal()
     for epoch in range(start_epoch + 1, epochs + 1):
         progress = _Progress(len(batch_slices(len(y), batch_size)), f"epoch {epoch}/{epochs}",
@@ -432,13 +437,14 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
     except KeyboardInterrupt:
         during, note = max(saved["epoch"], pending["epoch"]) + 1, ""
         if pending["arrays"] is not None:
+            lost = f"epoch {pending['epoch']} is lost"
             try:
                 write_checkpoint(INTERRUPTED_CHECKPOINT, pending["arrays"])
                 saved.update(epoch=pending["epoch"], path=INTERRUPTED_CHECKPOINT)
             except KeyboardInterrupt:
-                note = f" (interrupted again while writing {INTERRUPTED_CHECKPOINT}: epoch {pending['epoch']} is lost)"
+                note = f" (interrupted again while writing {INTERRUPTED_CHECKPOINT}: {lost})"
             except OSError as exc:
-                note = f" (could not write {INTERRUPTED_CHECKPOINT}: {exc.strerror}; epoch {pending['epoch']} is lost)"
+                note = f" (could not write {INTERRUPTED_CHECKPOINT}: {exc.strerror}; {lost})"
         raise TrainingInterrupted(saved["epoch"], saved["path"], during, note) from None
 
 

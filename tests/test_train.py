@@ -133,8 +133,10 @@ def test_fit_checks_its_data():
     x = np.zeros((4, 1, 8, 8), np.float32)
     with pytest.raises(ValueError, match="fit expected as many train images as labels, got 4 and 3"):
         fit(model, opt, (x, np.zeros(3, np.int64)), epochs=1)
-    with pytest.raises(ValueError, match=r"val labels: expected values in \[0, 1\), got \[-1, 0\]"):
+    with pytest.raises(ValueError, match=r"val labels: expected values in \[0, 10\), got \[-1, 0\]"):
         fit(model, opt, (x, np.zeros(4, np.int64)), (x, np.array([0, -1, 0, 0])), epochs=1)
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 1, H, W\), got \(1, 3, 8, 8\)"):
+        fit(model, opt, (np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int64)), epochs=1)
 
 
 # -- splits: the sizes scikit-learn accepts, computed exactly --------------------------------
@@ -176,3 +178,24 @@ def test_resume_refuses_a_checkpoint_with_no_epochs_left(tmp_path):
     run(TrainConfig(dataset="digits", epochs=1, checkpoint=str(ckpt), verbose=0), log=quiet)
     with pytest.raises(FlagError, match=rf"{ckpt} already holds 1 epoch; pass --epochs 2 or more to continue"):
         run(TrainConfig(dataset="digits", epochs=1, resume=str(ckpt), verbose=0), log=quiet)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(terminal, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Stderr(io.StringIO):
+        def isatty(self):
+            return terminal
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr("gpucnn.train._Progress.DELAY", 0.0)  # draw at once
+    model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
+    x, y = np.random.default_rng(1).random((256, 1, 8, 8), dtype=np.float32), np.arange(256) % 10
+    fit(model, make_optimizer("sgd", model, 0.1), (x, y), epochs=2, batch_size=16, verbose=1)
+    out = capsys.readouterr().out
+    assert [line.split()[:2] for line in out.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert "\r" not in out
+    assert ("epoch 1/2:" in stderr.getvalue() and "batch" in stderr.getvalue()) == terminal
+    assert stderr.getvalue() == "" or terminal
