@@ -267,15 +267,13 @@ def build(architecture: list[dict], rng=None, dropout_rng=None) -> Sequential:
 
 
 def load(path, backend="cpu") -> Sequential:
-    """Load a model written by :meth:`Sequential.save` onto ``backend`` (default CPU)."""
-    with np.load(path, allow_pickle=False) as data:
-        if "architecture" not in data:
-            raise ValueError(f"{path} is not a gpucnn model file (no 'architecture' entry)")
-        meta = json.loads(str(data["architecture"]))
-        state = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
-    model = build(meta["layers"])
-    model.load_state_dict(state)
-    return model.to(backend)
+    """The model in a :meth:`Sequential.save` file (or a training checkpoint) on ``backend``
+    (default CPU). A missing, truncated or foreign file, or one of an unknown format
+    version, raises :class:`gpucnn.checkpoint.CheckpointError` (a ValueError) naming the
+    file and what is wrong."""
+    from .checkpoint import load_trained_model  # the validated reader; it imports this module
+
+    return load_trained_model(path, backend)
 
 
 def atomic_savez(path, arrays: dict) -> None:

@@ -1,61 +1,154 @@
-"""One PNG per run: loss and accuracy curves, the test confusion matrix, and the
-learned first-layer kernels. matplotlib is an optional extra (pip install 'gpucnn[plot]')."""
+"""One figure per run: loss and accuracy curves, the test confusion matrix and the learned
+first-layer kernels, under a title naming the run. matplotlib is an optional extra
+(pip install 'gpucnn[plot]'); any format it writes works (.png, .pdf, .svg, ...)."""
 from __future__ import annotations
+
+import io
+import os
 
 import numpy as np
 
 from .backend import to_host
 
 
-def plot_run(result: dict, path) -> None:
+def _matplotlib():
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
+        from matplotlib.figure import Figure  # no pyplot: no window, no global figure state
     except ImportError as exc:
         raise ImportError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from exc
+    return matplotlib, Figure
+
+
+def check_plot_path(path) -> None:
+    """Raise ValueError unless matplotlib can write a figure in the format named by the
+    extension of ``path`` here (asks the canvas for its file types, then renders a tiny
+    figure with text in memory: .pgf, for one, also needs LaTeX)."""
+    _, Figure = _matplotlib()
+    figure = Figure(figsize=(1, 1))
+    formats = sorted(figure.canvas.get_supported_filetypes())
+    listed = ", ".join(f".{f}" for f in formats)
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if not extension:
+        raise ValueError(f"{path} has no extension to choose the format; end it in .png or one of {listed}")
+    if extension not in formats:
+        raise ValueError(f"matplotlib cannot write .{extension} files; use one of {listed}")
+    figure.text(0.5, 0.5, "1%")
+    try:
+        figure.savefig(io.BytesIO(), format=extension)
+    except Exception as exc:  # a missing LaTeX or image plugin: whatever it is, say it now
+        raise ValueError(f"matplotlib cannot write .{extension} files here ({exc}); use .png") from None
+
+
+def kernel_mosaic(kernels: np.ndarray) -> np.ndarray:
+    """(K, kh, kw) kernels -> one (rows*(kh+1)-1, cols*(kw+1)-1) image, row-major, a
+    one-pixel NaN line between neighbours and NaN in unused tiles."""
+    count, kh, kw = kernels.shape
+    rows, cols = _tile_shape(count)
+    tiles = np.full((rows * cols, kh + 1, kw + 1), np.nan, dtype=np.float32)
+    tiles[:count, :kh, :kw] = kernels
+    mosaic = tiles.reshape(rows, cols, kh + 1, kw + 1).transpose(0, 2, 1, 3)  # (rows, kh+1, cols, kw+1)
+    return mosaic.reshape(rows * (kh + 1), cols * (kw + 1))[:-1, :-1]  # (rows*(kh+1)-1, cols*(kw+1)-1)
+
+
+def _tile_shape(count: int) -> tuple[int, int]:
+    """(rows, cols) for ``count`` tiles: an exact rectangle (32 -> 4 x 8) when one is no
+    more than twice as wide as tall, else the nearest square with spare tiles."""
+    side = int(np.ceil(np.sqrt(count)))
+    for cols in range(side, 2 * side + 1):
+        if count % cols == 0 and cols <= 2 * (count // cols):
+            return count // cols, cols
+    return int(np.ceil(count / side)), side
+
+
+def run_title(result: dict) -> str:
+    config = result.get("config") or {}
+    epochs = len(result["history"]) if result.get("history") else config.get("epochs", "?")
+    return (f"{config.get('arch', 'model')} on {config.get('dataset', 'data')}, "
+            f"{epochs} epoch{'s' * (epochs != 1)}: test accuracy {result['test_acc']:.2%}")
+
+
+def plot_run(result: dict, path) -> None:
+    """Write the figure of a :func:`gpucnn.train.run` result to ``path`` (its extension
+    names the format), creating its folder if needed."""
+    figure = run_figure(result)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def run_figure(result: dict):
+    """The matplotlib Figure of a :func:`gpucnn.train.run` result: loss and accuracy (%)
+    per epoch, the test confusion matrix, the test accuracy per class and the first-layer
+    kernels as one image, under a title naming architecture, dataset, epochs and accuracy."""
+    matplotlib, Figure = _matplotlib()
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     history = result["history"]
     epochs = [h["epoch"] for h in history]
-    kernels = to_host(result["model"].layers[0].params["weight"])  # (C_out, C_in, kh, kw)
-    fig = plt.figure(figsize=(14, 8))
-    grid = fig.add_gridspec(2, 3)
+    has_val = bool(history) and "val_loss" in history[0]
+    fig = Figure(figsize=(16, 7), layout="constrained")
+    fig.suptitle(run_title(result), fontsize=15)
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1.15, 1.35])
 
-    ax = fig.add_subplot(grid[0, 0])
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax.set(title="loss", xlabel="epoch")
-    ax.legend()
-    ax = fig.add_subplot(grid[1, 0])
-    ax.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
-    ax.set(title=f"accuracy (test {result['test_acc']:.2%})", xlabel="epoch")
-    ax.legend()
+    loss_ax = fig.add_subplot(grid[0, 0])
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    if has_val:
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    loss_ax.set(title="loss", ylabel="cross-entropy loss")
+    acc_ax = fig.add_subplot(grid[1, 0], sharex=loss_ax)
+    acc_ax.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    if has_val:
+        acc_ax.plot(epochs, [100 * h["val_acc"] for h in history], "o-", label="validation")
+    acc_ax.axhline(100 * result["test_acc"], color="black", linestyle="--", linewidth=1,
+                   label=f"test {result['test_acc']:.2%}")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    acc_ax.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0 if _span(acc_ax) > 5 else 1))
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
 
-    for axis in fig.axes:
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-
-    ax = fig.add_subplot(grid[:, 1])
     matrix = np.asarray(result["confusion_matrix"])
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+    classes = len(matrix)
+    ax = fig.add_subplot(grid[:, 1])
+    image = ax.imshow(matrix, cmap="Blues")
+    digits = len(str(matrix.max()))
+    fontsize = max(7, min(13, 130 // max(classes, 1), 45 // max(digits, 3)))  # fits a cell
+    for (i, j), v in np.ndenumerate(matrix):  # one label per cell (classes**2 of them)
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=fontsize,
                 color="white" if v > matrix.max() / 2 else "black")
-    ax.set(title="test confusion matrix", xlabel="predicted", ylabel="true",
-           xticks=range(len(matrix)), yticks=range(len(matrix)))
+    ax.set(title=f"test confusion matrix ({matrix.sum()} images)", xlabel="predicted class",
+           ylabel="true class", xticks=range(classes), yticks=range(classes))
+    fig.colorbar(image, ax=ax, shrink=0.6, label="images")
 
-    sub = grid[:, 2].subgridspec(*_tile_shape(len(kernels)))
-    for k, kernel in enumerate(kernels):
-        kax = fig.add_subplot(sub[k])
-        kax.imshow(kernel[0], cmap="gray")
-        kax.axis("off")
-    fig.text(0.83, 0.95, "first-layer kernels", ha="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax = fig.add_subplot(grid[1, 2])
+    per_class = 100 * np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)  # (classes,) recall in %
+    ax.bar(range(classes), per_class, color="tab:blue")
+    ax.axhline(100 * result["test_acc"], color="black", linestyle="--", linewidth=1,
+               label=f"all classes {result['test_acc']:.2%}")
+    ax.set(title="test accuracy per class", xlabel="true class", ylabel="accuracy (%)",
+           xticks=range(classes), ylim=(max(0.0, 5 * np.floor(per_class.min() / 5 - 1)), 100))
+    ax.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", framealpha=0.95)
+
+    kernels = to_host(result["model"].layers[0].params["weight"])  # (C_out, C_in, kh, kw)
+    ax = fig.add_subplot(grid[0, 2])
+    limit = float(np.abs(kernels[:, 0]).max()) or 1.0
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    image = ax.imshow(kernel_mosaic(kernels[:, 0]), cmap=cmap, vmin=-limit, vmax=limit,
+                      interpolation="nearest")
+    channel = " (input channel 0)" if kernels.shape[1] > 1 else ""
+    ax.set_title(f"first-layer kernels{channel}: {kernels.shape[0]} of "
+                 f"{kernels.shape[2]}x{kernels.shape[3]}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(image, ax=ax, orientation="horizontal", shrink=0.8, aspect=40, label="weight")
+    return fig
 
 
-def _tile_shape(n: int) -> tuple[int, int]:
-    cols = int(np.ceil(np.sqrt(n)))
-    return int(np.ceil(n / cols)), cols
+def _span(ax) -> float:
+    low, high = ax.get_ylim()
+    return high - low

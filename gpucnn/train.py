@@ -1,5 +1,6 @@
-"""Training as library functions: build_model, fit, evaluate, checkpoints, and run(config),
-which the thin CLI in scripts/train.py calls. No argparse here."""
+"""Training as library functions: build_model, fit, evaluate and run(config), which the
+thin CLI in scripts/train.py calls. No argparse here; checkpoints live in checkpoint.py,
+the choice of train / validation / test images in splits.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,22 +13,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import get_backend
-from .data import (Dataset, DataError, batch_slices, check_labels, limit, load_digits, load_mnist,
-                   stratified_split)
+from .checkpoint import (CheckpointError, check_output_path, checkpoint_arrays, load_checkpoint,  # noqa: F401
+                         load_trained_model, save_checkpoint, write_checkpoint)
+from .data import Dataset, batch_slices, check_labels, load_digits, load_mnist
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .losses import SoftmaxCrossEntropy
-from .model import Sequential, atomic_savez, build
+from .model import Sequential
 from .optim import SGD, Adam
+from .random import default_generator
+from .splits import SplitError, data_generator, plan_splits
 
 ARCHS = ("simple", "lenet")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DATASETS = ("mnist", "digits")
 DEVICES = ("auto", "cpu", "gpu")
-CHECKPOINT_FORMAT = 1
+INTERRUPTED_CHECKPOINT = "gpucnn-interrupted.npz"  # where Ctrl-C saves when there is no --checkpoint
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stopped, the last good checkpoint is kept."""
+
+
+class FlagError(ValueError):
+    """A setting that cannot work with this data or this checkpoint (the CLI exits with 2)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training. ``epoch``: the last completed epoch; ``checkpoint``: the file
+    that holds it (None when no epoch completed)."""
+
+    def __init__(self, epoch: int, checkpoint: str | None, during: int, note: str = ""):
+        self.epoch, self.checkpoint, self.during = epoch, checkpoint, during
+        where = (f"epoch {epoch} is saved in {checkpoint}" if checkpoint else
+                 "no epoch had completed, nothing to resume")
+        super().__init__(f"interrupted during epoch {during}; {where}{note}")
 
 
 @dataclass
@@ -37,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     dataset: str = "mnist"
     data_dir: str = "data/mnist"
+    download: bool = False
     arch: str = "simple"
     epochs: int = 3
     batch_size: int = 64
@@ -55,7 +75,8 @@ class TrainConfig:
     RUN_DEFINING = ("dataset", "arch", "optimizer", "seed", "limit_train", "val_fraction")
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first bad field (before any data is loaded)."""
+        """Raise ValueError naming the first bad field (before any data is loaded); checks
+        that the --checkpoint path can be written by writing (and deleting) a probe file."""
         def fail(name, expected):
             raise ValueError(f"--{name.replace('_', '-')} expected {expected}, got {getattr(self, name)!r}")
         for name, choices in (("device", DEVICES), ("dataset", DATASETS), ("arch", ARCHS),
@@ -80,10 +101,25 @@ class TrainConfig:
             fail("verbose", "0 (quiet), 1 (progress bars) or 2 (one line per epoch)")
         if not isinstance(self.seed, int) or self.seed < 0:
             fail("seed", "a non-negative integer")
+        if self.checkpoint is not None:
+            try:
+                check_output_path(self.checkpoint)
+            except ValueError as exc:
+                raise ValueError(f"--checkpoint: {exc}") from None
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def applicable(self) -> dict:
+        """The settings that matter for this run (what the run prints): no data folder
+        for digits, no momentum unless the optimizer uses it, nothing left unset."""
+        settings = self.to_dict()
+        if self.dataset != "mnist":
+            del settings["data_dir"], settings["download"]
+        if self.optimizer != "momentum":
+            del settings["momentum"]
+        return {k: v for k, v in settings.items() if v is not None}
 
 
 # -- models -------------------------------------------------------------------------------
@@ -174,16 +210,25 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None):
     return backend.to_numpy(batch_losses), sizes, int(backend.to_numpy(correct))
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 class _Progress:
-    """tqdm bar over the batches of one epoch; the live loss/accuracy postfix is
-    refreshed at most twice a second, so its device->host reads depend on wall
-    time, not on the number of batches."""
+    """tqdm bar over the batches of one epoch, on stderr; the live loss/accuracy postfix is
+    refreshed at most twice a second, so its device->host reads depend on wall time, not
+    on the number of batches."""
+
+    DELAY = 0.5  # seconds before the first draw: the epoch line before it may still be in `| tee`
 
     def __init__(self, total, desc, backend):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        file=sys.stdout)
+                        file=sys.stderr, delay=self.DELAY)
         self.backend = backend
         self.last = 0.0
 
@@ -197,24 +242,57 @@ class _Progress:
                                  acc=f"{int(self.backend.to_numpy(correct)) / seen:.2%}", refresh=False)
 
     def close(self):
-        self.bar.close()
+        try:
+            self.bar.close()
+        except OSError:  # the terminal went away: the bar has nowhere to go
+            pass
 
 
-def fit(model, optimizer, train, val, *, epochs, batch_size, rng, verbose=2, start_epoch=0,
-        history=None, on_epoch_end=None, log=print):
+def _to_device(model, data, name):
+    """(x, y) host or device arrays -> device arrays on the model's backend; host arrays are
+    checked (shapes against the model, labels against its outputs) and uploaded once
+    (images as float32, labels as int64)."""
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ValueError(f"fit expected {name} = (x, y), got {type(data).__name__}") from None
+    if len(x) != len(y):
+        raise ValueError(f"fit expected as many {name} images as labels, got {len(x)} and {len(y)}")
+    if isinstance(y, np.ndarray):
+        shape = (1, *x.shape[1:])  # one image through the layers' shape rules: no data is run
+        for layer in model.layers:
+            shape = layer.output_shape(shape)
+        check_labels(y, shape[-1], name)
+        y = model.backend.asarray(y, dtype=np.int64)
+    if isinstance(x, np.ndarray):
+        x = model.backend.asarray(x, dtype=np.float32)
+    return x, y
+
+
+def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, verbose=2,
+        start_epoch=0, history=None, on_epoch_end=None, log=print):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
-    initial_epoch) on device arrays ``train`` = (x, y), checking on ``val`` = (x, y).
+    initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
+    after each epoch (None: no validation). Host numpy arrays are uploaded once to the
+    model's device; device arrays are used as they are. ``rng`` (a numpy Generator; None:
+    gpucnn's default generator) shuffles every epoch.
 
-    Returns the history: one dict per epoch (train_loss, train_acc, val_loss,
-    val_acc, seconds, images_per_s). ``on_epoch_end(epoch, history)`` runs after
-    each epoch (checkpointing). A NaN/inf loss raises NonFiniteLossError naming
-    the epoch and batch, before ``on_epoch_end`` could save the bad weights.
+    Returns the history: one dict per epoch (train_loss, train_acc, val_loss, val_acc,
+    seconds, images_per_s; no val_* without ``val``). ``verbose``: 0 silent, 1 a progress
+    bar on stderr when it is a terminal plus one line per epoch, 2 one line per epoch.
+    ``on_epoch_end(epoch, history)`` runs after each epoch (checkpointing). A NaN/inf loss
+    raises NonFiniteLossError naming the epoch and batch, before ``on_epoch_end`` could
+    save the bad weights.
     """
+    rng = default_generator() if rng is None else rng
     history = list(history or [])
-    x, y = train
+    x, y = _to_device(model, train, "train")
+    if val is not None:
+        val = _to_device(model, val, "val")
+    show_bar = verbose == 1 and _stderr_is_terminal()
     for epoch in range(start_epoch + 1, epochs + 1):
         progress = _Progress(len(batch_slices(len(y), batch_size)), f"epoch {epoch}/{epochs}",
-                             model.backend) if verbose == 1 else None
+                             model.backend) if show_bar else None
         start = time.perf_counter()
         try:
             losses, sizes, correct = train_epoch(model, optimizer, x, y, batch_size, rng, progress)
@@ -227,95 +305,78 @@ def fit(model, optimizer, train, val, *, epochs, batch_size, rng, verbose=2, sta
             raise NonFiniteLossError(
                 f"the training loss became {losses[b]} at epoch {epoch}, batch {b + 1} of {len(losses)}; "
                 "training stopped (try a lower --lr); the last good checkpoint was not touched")
-        val_loss, val_acc, _ = evaluate(model, *val)
+        record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
+                  "train_acc": correct / len(y)}
+        if val is not None:
+            record["val_loss"], record["val_acc"], _ = evaluate(model, *val)
         model.backend.synchronize()
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
-                  "train_acc": correct / len(y), "val_loss": val_loss, "val_acc": val_acc,
-                  "seconds": seconds, "images_per_s": len(y) / seconds}
+        record.update(seconds=seconds, images_per_s=len(y) / seconds)
         history.append(record)
+        if on_epoch_end is not None:  # first: a printed epoch is a saved epoch
+            on_epoch_end(epoch, history)
         if verbose:
             log(format_epoch(record, epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, history)
     return history
 
 
 def format_epoch(r: dict, epochs: int) -> str:
+    val = f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.2%}  " if "val_loss" in r else ""
     return (f"epoch {r['epoch']}/{epochs}  train_loss {r['train_loss']:.4f}  train_acc {r['train_acc']:.2%}  "
-            f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.2%}  "
-            f"{r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
-
-
-# -- checkpoints --------------------------------------------------------------------------
-def save_checkpoint(path, model, optimizer, epoch, rng, config: TrainConfig, history, interrupted=False):
-    """Weights, optimizer state, completed epoch, RNG state, config and history in one
-    host .npz, written atomically (temp file + rename): a crash never corrupts it."""
-    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    for key, buffers in opt_state.pop("state").items():
-        for name, value in buffers.items():
-            arrays[f"opt/{key}/{name}"] = value
-    meta = {"format": CHECKPOINT_FORMAT, "architecture": model.architecture(), "optimizer": opt_state,
-            "epoch": epoch, "rng_state": rng.bit_generator.state, "config": config.to_dict(),
-            "history": history, "interrupted": interrupted}
-    arrays["meta"] = np.array(json.dumps(meta))
-    atomic_savez(path, arrays)
-
-
-def load_checkpoint(path) -> dict:
-    """-> {"meta": dict, "params": {key: array}, "optimizer_state": state_dict}."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "meta" not in data.files:
-                raise ValueError(f"{path} is not a gpucnn checkpoint (no 'meta' entry)")
-            meta = json.loads(str(data["meta"]))
-            params = {k[6:]: data[k] for k in data.files if k.startswith("param/")}
-            buffers: dict = {}
-            for k in data.files:
-                if k.startswith("opt/"):
-                    _, key, name = k.split("/")
-                    buffers.setdefault(key, {})[name] = data[k]
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    optimizer_state = dict(meta["optimizer"], state=buffers)
-    return {"meta": meta, "params": params, "optimizer_state": optimizer_state}
+            f"{val}{r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
 
 
 # -- the whole job ------------------------------------------------------------------------
 def load_dataset(config: TrainConfig) -> Dataset:
     if config.dataset == "digits":
         return load_digits()
-    return load_mnist(config.data_dir)
+    return load_mnist(config.data_dir, download=config.download)
+
+
+def check_resume(config: TrainConfig, meta: dict) -> None:
+    """FlagError unless the checkpoint ``meta`` can continue as ``config`` asks: the same
+    data and model, and fewer epochs done than ``config.epochs``."""
+    saved = meta["config"]
+    for name in TrainConfig.RUN_DEFINING:
+        if saved.get(name) != getattr(config, name):
+            raise FlagError(
+                f"--resume {config.resume}: the checkpoint was trained with --{name.replace('_', '-')} "
+                f"{saved.get(name)!r}, this run asks for {getattr(config, name)!r}; "
+                "resume with the same value or start a new run")
+    done = meta["epoch"]
+    if done >= config.epochs:
+        raise FlagError(f"{config.resume} already holds {done} epoch{'s' * (done != 1)}; "
+                        f"pass --epochs {done + 1} or more to continue")
 
 
 def run(config: TrainConfig, log=print) -> dict:
     """Load data, build or resume the model, train, test; returns the metrics dict
     {"device", "config", "history", "test_loss", "test_acc", "confusion_matrix"}
-    (plus "model" and "predictions" for the caller, not for JSON)."""
+    (plus "model", "test_labels" and "predictions" for the caller, not for JSON).
+
+    Raises ValueError (FlagError, SplitError, CheckpointError, DataError) before any model
+    is built when the settings cannot work, and TrainingInterrupted on Ctrl-C, after
+    keeping the last completed epoch on disk.
+    """
     config.validate()
     checkpoint = load_checkpoint(config.resume) if config.resume else None
     if checkpoint is not None:
-        saved = checkpoint["meta"]["config"]
-        for name in TrainConfig.RUN_DEFINING:
-            if saved.get(name) != getattr(config, name):
-                raise ValueError(
-                    f"--resume {config.resume}: the checkpoint was trained with --{name.replace('_', '-')} "
-                    f"{saved.get(name)!r}, this run asks for {getattr(config, name)!r}; "
-                    "resume with the same value or start a new run")
-    log(f"config: {json.dumps(config.to_dict())}")
+        check_resume(config, checkpoint["meta"])
+    log(f"config: {json.dumps(config.applicable())}")
     backend = get_backend(config.device)
     log(f"device: {backend.name}" + (" (no usable GPU found, see the warning above)"
                                      if config.device == "gpu" and backend.name == "cpu" else ""))
 
     data = load_dataset(config)
-    init_rng = np.random.default_rng(config.seed)
-    data_rng = np.random.default_rng([config.seed, 1])
-    train_x, train_y = limit(data.train_x, data.train_y, config.limit_train, data_rng)
-    train_x, train_y, val_x, val_y = stratified_split(train_x, train_y, config.val_fraction, data_rng)
-    test_x, test_y = limit(data.test_x, data.test_y, config.limit_test, data_rng)
+    init_rng, data_rng = np.random.default_rng(config.seed), data_generator(config.seed)
+    splits = plan_splits(data.train_y, data.test_y, config.limit_train, config.val_fraction,
+                         config.limit_test, data_rng)
+    train_x, train_y = data.train_x[splits.train], data.train_y[splits.train]  # copies
+    val_x, val_y = data.train_x[splits.val], data.train_y[splits.val]
+    test_x, test_y = ((data.test_x, data.test_y) if splits.test is None
+                      else (data.test_x[splits.test], data.test_y[splits.test]))
     num_classes, input_shape = data.num_classes, data.input_shape
-    del data  # the splits are copies: let the full arrays go (peak memory)
+    del data  # the splits are copies: let the full training arrays go (peak memory)
     for name, labels in (("train", train_y), ("validation", val_y), ("test", test_y)):
         check_labels(labels, num_classes, name)
     log(f"data: {config.dataset}: {len(train_y)} train, {len(val_y)} validation, {len(test_y)} test images "
@@ -326,8 +387,8 @@ def run(config: TrainConfig, log=print) -> dict:
     start_epoch, history = 0, []
     if checkpoint is not None:
         if checkpoint["meta"]["architecture"] != model.architecture():
-            raise ValueError(f"--resume {config.resume}: the checkpoint holds a different architecture "
-                             f"than --arch {config.arch}; it cannot be resumed with this model")
+            raise FlagError(f"--resume {config.resume}: the checkpoint holds a different architecture "
+                            f"than --arch {config.arch}; it cannot be resumed with this model")
         model.load_state_dict(checkpoint["params"])
         start_epoch, history = checkpoint["meta"]["epoch"], checkpoint["meta"]["history"]
         data_rng.bit_generator.state = checkpoint["meta"]["rng_state"]
@@ -342,28 +403,8 @@ def run(config: TrainConfig, log=print) -> dict:
     # upload once: every batch is sliced on the device
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
     val_dev = (backend.asarray(val_x), backend.asarray(val_y))
-
-    completed = {"epoch": start_epoch, "history": history}
-
-    def on_epoch_end(epoch, hist):
-        completed.update(epoch=epoch, history=hist)
-        if config.checkpoint:
-            save_checkpoint(config.checkpoint, model, optimizer, epoch, data_rng, config, hist)
-
-    try:
-        history = fit(model, optimizer, train_dev, val_dev, epochs=config.epochs,
-                      batch_size=config.batch_size, rng=data_rng, verbose=config.verbose,
-                      start_epoch=start_epoch, history=history, on_epoch_end=on_epoch_end, log=log)
-    except KeyboardInterrupt:
-        # --checkpoint already holds the last epoch completed in this run (exactly
-        # resumable): keep it. Otherwise save what there is, so no work is lost.
-        path = config.checkpoint or "gpucnn-interrupted.npz"
-        if not (config.checkpoint and completed["epoch"] > start_epoch):
-            save_checkpoint(path, model, optimizer, completed["epoch"], data_rng, config,
-                            completed["history"], interrupted=True)
-        log(f"interrupted: checkpoint after epoch {completed['epoch']} is in {path}; "
-            f"continue with --resume {path}")
-        raise
+    history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng,
+                                  start_epoch, history, log)
 
     test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, num_classes)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
@@ -371,6 +412,40 @@ def run(config: TrainConfig, log=print) -> dict:
     return {"device": backend.name, "config": config.to_dict(), "history": history,
             "test_loss": test_loss, "test_acc": test_acc, "confusion_matrix": matrix.tolist(),
             "model": model, "test_labels": test_y, "predictions": predictions}
+
+
+def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log):
+    """fit(), saving every completed epoch to --checkpoint. Without --checkpoint the last
+    completed epoch is kept in host memory and written to INTERRUPTED_CHECKPOINT on
+    Ctrl-C. Either way a Ctrl-C raises TrainingInterrupted naming the file that holds the
+    last completed epoch; a second Ctrl-C during a save leaves the previous file whole."""
+    saved = {"epoch": start_epoch, "path": config.resume if start_epoch else None}
+    pending = {"epoch": start_epoch, "arrays": None}  # without --checkpoint: the last epoch, in memory
+
+    def on_epoch_end(epoch, hist):
+        arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist)
+        if config.checkpoint:
+            write_checkpoint(config.checkpoint, arrays)  # atomic
+            saved.update(epoch=epoch, path=config.checkpoint)
+        else:
+            pending.update(epoch=epoch, arrays=arrays)
+
+    try:
+        return fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
+                   rng=data_rng, verbose=config.verbose, start_epoch=start_epoch, history=history,
+                   on_epoch_end=on_epoch_end, log=log)
+    except KeyboardInterrupt:
+        during, note = max(saved["epoch"], pending["epoch"]) + 1, ""
+        if pending["arrays"] is not None:
+            lost = f"epoch {pending['epoch']} is lost"
+            try:
+                write_checkpoint(INTERRUPTED_CHECKPOINT, pending["arrays"])
+                saved.update(epoch=pending["epoch"], path=INTERRUPTED_CHECKPOINT)
+            except KeyboardInterrupt:
+                note = f" (interrupted again while writing {INTERRUPTED_CHECKPOINT}: {lost})"
+            except OSError as exc:
+                note = f" (could not write {INTERRUPTED_CHECKPOINT}: {exc.strerror}; {lost})"
+        raise TrainingInterrupted(saved["epoch"], saved["path"], during, note) from None
 
 
 def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000):
@@ -390,24 +465,23 @@ def format_confusion(matrix: np.ndarray) -> str:
 
 
 def write_metrics_json(path, result: dict) -> None:
-    """The metrics JSON: device, config, history, test_loss, test_acc, confusion_matrix."""
+    """The metrics JSON: device, config, history, test_loss, test_acc, confusion_matrix
+    (written to a temp file, then renamed)."""
     keys = ("device", "config", "history", "test_loss", "test_acc", "confusion_matrix")
     payload = json.dumps({k: result[k] for k in keys}, indent=2)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(payload + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(payload + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def load_trained_model(path, backend="cpu") -> Sequential:
-    """A model from a training checkpoint or from ``Sequential.save``, on ``backend``."""
-    from .model import load
-
-    with np.load(path, allow_pickle=False) as data:
-        is_checkpoint = "meta" in data.files
-    if not is_checkpoint:
-        return load(path, backend)
-    checkpoint = load_checkpoint(path)
-    model = build(checkpoint["meta"]["architecture"])
-    model.load_state_dict(checkpoint["params"])
-    return model.to(backend)
+__all__ = ["TrainConfig", "FlagError", "SplitError", "CheckpointError", "NonFiniteLossError",
+           "TrainingInterrupted", "build_model", "make_optimizer", "fit", "evaluate", "run",
+           "save_checkpoint", "load_checkpoint", "load_trained_model", "held_out_report",
+           "format_confusion", "write_metrics_json"]

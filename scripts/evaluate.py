@@ -1,8 +1,12 @@
 #!/usr/bin/env python
-"""Evaluate a trained model (a --checkpoint file or a Sequential.save file) on the
-held-out test set: loss, accuracy and the confusion matrix.
+"""Evaluate a trained model on held-out test images: loss, accuracy and the confusion matrix.
 
-    python scripts/evaluate.py runs/simple.npz
+    python scripts/evaluate.py runs/simple.npz              # on the data it was trained on
+    python scripts/evaluate.py model.npz --dataset digits   # a Sequential.save file
+
+A training checkpoint (from train.py --checkpoint) records its dataset, data folder and
+test subset (--limit-test): they are used unless a flag says otherwise. A model file
+(Sequential.save) records none: mnist unless --dataset says otherwise.
 """
 from __future__ import annotations
 
@@ -15,37 +19,103 @@ sys.path.insert(0, str(REPO))
 
 from gpucnn.train import DATASETS, DEVICES  # noqa: E402
 
+DEFAULT_DATA_DIR = REPO / "data" / "mnist"
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a training checkpoint (train.py --checkpoint) or a model file (Sequential.save)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="the test images to use (default: the checkpoint's dataset; mnist for a model file)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder of the MNIST IDX files (default: the checkpoint's, else {DEFAULT_DATA_DIR})")
+    p.add_argument("--download", action="store_true",
+                   help="fetch missing dataset files from the public mirrors, checksum-verified")
+    p.add_argument("--limit-test", type=positive_int, metavar="N",
+                   help="evaluate on a stratified subset of N test images "
+                        "(default: the checkpoint's --limit-test, else all)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: the GPU when usable, else the CPU (default: auto)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
+                   help="images per forward pass; only memory and speed depend on it (default: 1000)")
+    return p
+
+
+def choose_data(args, recorded: dict | None):
+    """(dataset, data_dir, limit_test, recorded-or-None, one line saying where they came from)."""
+    dataset = args.dataset or (recorded["dataset"] if recorded else "mnist")
+    same = recorded is not None and recorded.get("dataset") == dataset
+    data_dir = args.data_dir or (recorded.get("data_dir") if same else None) or str(DEFAULT_DATA_DIR)
+    limit_test = args.limit_test if args.limit_test is not None else (recorded.get("limit_test") if same else None)
+    if recorded is None:
+        source = ("chosen by --dataset" if args.dataset else
+                  "a model file records no dataset: mnist by default, --dataset chooses another")
+    elif not same:
+        source = f"chosen by --dataset; the checkpoint was trained on {recorded['dataset']}"
+    else:
+        source = "as recorded in the checkpoint" + (", test subset from --limit-test" if args.limit_test else "")
+    return dataset, data_dir, limit_test, recorded if same else None, source
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="checkpoint (.npz from --checkpoint) or model file (Sequential.save)")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-dir", default=str(REPO / "data" / "mnist"))
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p = build_parser()
     args = p.parse_args(argv)
-    if not Path(args.model).is_file():
-        p.error(f"argument model: no file at {args.model}")
-    if args.batch_size < 1:
-        p.error(f"argument --batch-size: expected a positive integer, got {args.batch_size}")
+    from gpucnn.checkpoint import CheckpointError, read_model, rebuild
+    try:
+        architecture, params, meta = read_model(args.model)
+        model = rebuild(architecture, params, args.model)
+    except CheckpointError as exc:
+        p.error(f"argument model: {exc}")
+    dataset, data_dir, limit_test, recorded, source = choose_data(args, meta and meta["config"])
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
+        if given and dataset != "mnist":
+            p.error(f"argument {flag}: only used with --dataset mnist, the dataset is {dataset}")
 
     from gpucnn.backend import get_backend
     from gpucnn.data import DataError, check_labels, load_digits, load_mnist
-    from gpucnn.train import format_confusion, load_trained_model, held_out_report
+    from gpucnn.splits import SplitError, data_generator, plan_splits
+    from gpucnn.train import format_confusion, held_out_report
 
-    backend = get_backend(args.device)
     try:
-        model = load_trained_model(args.model, backend)
-        data = load_digits() if args.dataset == "digits" else load_mnist(args.data_dir)
+        data = load_digits() if dataset == "digits" else load_mnist(data_dir, download=args.download)
         check_labels(data.test_y, data.num_classes, "test")
-        model.summary((1, *data.input_shape))  # refuses a model built for other images
-    except (DataError, ValueError) as exc:
+    except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    loss, acc, _, matrix = held_out_report(model, data.test_x, data.test_y, data.num_classes, args.batch_size)
+    # the same draws as the training run: its test subset, whatever else it limited
+    settings = recorded or {"seed": 0, "limit_train": None, "val_fraction": 0.1}
+    try:
+        test = plan_splits(data.train_y, data.test_y, settings["limit_train"], settings["val_fraction"],
+                           limit_test, data_generator(settings["seed"])).test
+    except SplitError as exc:
+        p.error(str(exc))
+    test_x, test_y = (data.test_x, data.test_y) if test is None else (data.test_x[test], data.test_y[test])
+    kind = f"checkpoint after epoch {meta['epoch']}" if meta else "model file"
+    print(f"model: {args.model} ({kind})")
+    print(f"data: {dataset} test images ({source})")
+    try:
+        model.summary((1, *data.input_shape))  # refuses a model built for other images
+    except ValueError as exc:
+        print(f"error: {args.model} does not take {dataset} images of shape {data.input_shape} ({exc}); "
+              "pass the --dataset it was trained on", file=sys.stderr)
+        return 1
+    backend = get_backend(args.device)
+    model.to(backend)
     print(f"device: {backend.name}")
-    print(f"test: loss {loss:.4f}  accuracy {acc:.2%} on {len(data.test_y)} images")
-    print(format_confusion(matrix))
+    loss, acc, _, matrix = held_out_report(model, test_x, test_y, data.num_classes, args.batch_size)
+    print(f"test: loss {loss:.4f}  accuracy {acc:.2%} on {len(test_y)} images")
+    print("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return 0
 
 

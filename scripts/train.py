@@ -3,10 +3,18 @@
 
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
     python scripts/train.py --device gpu --arch lenet --epochs 5
+    python scripts/train.py --checkpoint runs/c.npz --metrics-json runs/c.json --plot runs/c.png
+
+Every flag is checked before any data loads: a bad value, an output path that cannot
+be written or a checkpoint that cannot be resumed exits with status 2 and one line.
+Log lines and the final result go to stdout, progress bars to stderr (only when it is a
+terminal). Ctrl-C exits with 130 and prints the command that resumes the run.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +25,18 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 from gpucnn.train import ARCHS, DATASETS, DEVICES, OPTIMIZERS, TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
+DEFAULT_DATA_DIR = REPO / "data" / "mnist"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows each option's default once, after its
+    help, unless the help already says it or there is none to show (None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
 
 
 def number(convert, accept, expected):
@@ -37,54 +57,160 @@ positive_int = number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
 open_fraction = number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+momentum_value = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.strip(), formatter_class=HelpFormatter)
     p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
                    help="auto: the GPU when usable; gpu without one falls back to the CPU with a warning")
     p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset,
-                   help="digits: scikit-learn's bundled 8x8 digits, no files needed")
-    p.add_argument("--data-dir", default=None,
-                   help=f"folder of the MNIST IDX files (default: {REPO / 'data' / 'mnist'})")
+                   help="mnist: 28x28 handwritten digits (files in --data-dir); "
+                        "digits: scikit-learn's bundled 8x8 digits, no files needed")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder of the MNIST IDX files, only with --dataset mnist (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--download", action="store_true",
+                   help="fetch missing dataset files from the public mirrors, checksum-verified")
     p.add_argument("--arch", choices=ARCHS, default=DEFAULTS.arch,
                    help="simple: conv-pool-softmax; lenet: deeper, more accurate")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="total epochs (also when resuming)")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, metavar="N",
+                   help="total epochs, also when resuming")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, metavar="N",
+                   help="images per training step")
     p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    p.add_argument("--momentum", type=number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=None,
-                   help=f"for --optimizer momentum (default: {DEFAULTS.momentum})")
-    p.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed)
-    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
-                   help="train (and validate) on a stratified subset of N training images")
-    p.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
-                   help="test on a stratified subset of N test images")
-    p.add_argument("--val-fraction", type=open_fraction, default=DEFAULTS.val_fraction,
-                   help="fraction of the training set held out for validation")
-    p.add_argument("--checkpoint", metavar="PATH", help="save after every epoch (atomically)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
+                   help="sgd: plain gradient descent; momentum: SGD with --momentum; adam: Adam")
+    p.add_argument("--momentum", type=momentum_value, metavar="BETA",
+                   help=f"momentum of --optimizer momentum, only with it (default: {DEFAULTS.momentum})")
+    p.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed,
+                   help="seeds the weights, the data subsets, the validation split and the batch order")
+    p.add_argument("--limit-train", type=positive_int, metavar="N",
+                   help="train (and validate) on a stratified subset of N training images (default: all)")
+    p.add_argument("--limit-test", type=positive_int, metavar="N",
+                   help="test on a stratified subset of N test images (default: all)")
+    p.add_argument("--val-fraction", type=open_fraction, default=DEFAULTS.val_fraction, metavar="F",
+                   help="fraction of the training images held out for validation (stratified)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="save weights, optimizer and RNG state after every epoch (atomically)")
+    p.add_argument("--resume", metavar="PATH", help="continue from a --checkpoint file")
     p.add_argument("--metrics-json", metavar="PATH", help="write history and test metrics as JSON")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG: curves, confusion matrix, first-layer kernels")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a figure (.png, .pdf, .svg, ...): curves, confusion matrix, first-layer kernels")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEFAULTS.verbose,
-                   help="0: only the final test accuracy, 1: progress bars, 2: one line per epoch")
-    args = p.parse_args(argv)
+                   help="0: only the final test accuracy, 1: progress bars on a terminal, "
+                        "2: one line per epoch")
+    return p
+
+
+def config_from(args) -> TrainConfig:
+    fields = {k: v for k, v in vars(args).items() if k not in ("metrics_json", "plot")}
+    fields["momentum"] = DEFAULTS.momentum if args.momentum is None else args.momentum
+    fields["data_dir"] = str(DEFAULT_DATA_DIR) if args.data_dir is None else args.data_dir
+    return TrainConfig(**fields)
+
+
+def check_args(p, args) -> TrainConfig:
+    """Everything that can be checked without loading data; exits with 2 on the first problem."""
     # nothing the user gives is silently ignored
     if args.momentum is not None and args.optimizer != "momentum":
         p.error(f"argument --momentum: only used with --optimizer momentum, got --optimizer {args.optimizer}")
-    if args.data_dir is not None and args.dataset != "mnist":
-        p.error(f"argument --data-dir: only used with --dataset mnist, got --dataset {args.dataset}")
-    args.momentum = DEFAULTS.momentum if args.momentum is None else args.momentum
-    args.data_dir = str(REPO / "data" / "mnist") if args.data_dir is None else args.data_dir
-    if args.resume and not Path(args.resume).is_file():
-        p.error(f"argument --resume: no checkpoint file at {args.resume}")
-    if args.plot:
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
+        if given and args.dataset != "mnist":
+            p.error(f"argument {flag}: only used with --dataset mnist, got --dataset {args.dataset}")
+    config = config_from(args)
+    try:
+        config.validate()  # also probes the --checkpoint folder
+    except ValueError as exc:
+        p.error(f"argument {exc}")
+
+    from gpucnn.checkpoint import check_output_path
+    outputs = {"--checkpoint": args.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
+    for flag in ("--metrics-json", "--plot"):
+        if outputs[flag] is None:
+            continue
         try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            p.error("argument --plot needs matplotlib: pip install 'gpucnn[plot]' (or leave out --plot)")
-    return p, args
+            check_output_path(outputs[flag])
+            if flag == "--plot":
+                from gpucnn.plot import check_plot_path
+                check_plot_path(outputs[flag])
+        except (ValueError, ImportError) as exc:
+            p.error(f"argument {flag}: {exc}")
+    given = [(flag, os.path.realpath(path)) for flag, path in outputs.items() if path is not None]
+    if args.resume:
+        given.append(("--resume", os.path.realpath(args.resume)))
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[:i]:
+            if path == other_path and {flag, other} != {"--checkpoint", "--resume"}:
+                p.error(f"argument {flag}: the same file as {other} ({path}); give each output its own file")
+
+    if args.resume:
+        from gpucnn.checkpoint import CheckpointError, load_checkpoint
+        from gpucnn.train import FlagError, check_resume
+        try:
+            check_resume(config, load_checkpoint(args.resume)["meta"])
+        except (CheckpointError, FlagError) as exc:
+            p.error(f"argument --resume: {exc}")
+    return config
+
+
+def resume_command(p, args, checkpoint: str) -> str:
+    """The command line that continues this run from ``checkpoint``: every flag given
+    (as parsed, so abbreviations and --flag=value forms come out whole), --resume and
+    --checkpoint included, so following it literally keeps checkpointing."""
+    words = [os.path.relpath(__file__) if not sys.argv[0].endswith("train.py") else sys.argv[0]]
+    for action in p._actions:
+        if not action.option_strings or action.dest in ("help", "resume", "checkpoint"):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        words += [flag] if action.nargs == 0 else [flag, str(value)]
+    words += ["--resume", checkpoint, "--checkpoint", args.checkpoint or checkpoint]
+    return "python " + shlex.join(words)
+
+
+# -- output that survives a closed pipe ----------------------------------------------------
+_gone = set()  # names of the standard streams whose reader has gone
+
+
+def _silence(name: str) -> None:
+    """Point sys.<name>'s file descriptor at os.devnull: later writes (and the flush at
+    exit) go nowhere instead of raising BrokenPipeError."""
+    _gone.add(name)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, getattr(sys, name).fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # not a real file (captured in tests): nothing to redirect
+        pass
+
+
+def say(*parts, stream: str = "stdout") -> bool:
+    """print() + flush to sys.<stream>; False (and the stream silenced) when its reader has
+    gone, as after Ctrl-C in `train.py | tee log` (SIGINT stops tee too)."""
+    if stream in _gone:
+        return False
+    try:
+        print(*parts, file=getattr(sys, stream), flush=True)
+        return True
+    except (BrokenPipeError, ValueError):
+        _silence(stream)
+        return False
+
+
+def tell_user(text: str) -> None:
+    """A message the user must see: stderr, else the terminal itself when stderr went
+    into a pipe that is gone (`2>&1 | tee log` after Ctrl-C)."""
+    if say(text, stream="stderr"):
+        return
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(text + "\n")
+    except OSError:
+        pass
 
 
 def one_line_warning(message, category, filename, lineno, line=None):
@@ -93,31 +219,59 @@ def one_line_warning(message, category, filename, lineno, line=None):
 
 def main(argv=None):
     warnings.formatwarning = one_line_warning  # e.g. the GPU fallback: one line, no source excerpt
-    parser, args = parse_args(argv)
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("metrics_json", "plot")})
-    from gpucnn.data import DataError
-    from gpucnn.train import NonFiniteLossError, run, write_metrics_json
+    _gone.clear()
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    say = print if config.verbose else (lambda *a, **k: None)
-    try:
-        result = run(config, log=say)
-    except (DataError, NonFiniteLossError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return train(parser, args)
+    except KeyboardInterrupt:  # outside training: loading data, building, testing, writing
+        tell_user("interrupted" + (f"; the last completed epoch is in {args.checkpoint}"
+                                   if args.checkpoint and os.path.exists(args.checkpoint) else ""))
         return 130
-    if args.metrics_json:
-        write_metrics_json(args.metrics_json, result)
-        say(f"metrics written to {args.metrics_json}")
-    if args.plot:
-        from gpucnn.plot import plot_run
-        plot_run(result, args.plot)
-        say(f"plot written to {args.plot}")
-    print(f"test accuracy: {result['test_acc']:.2%}")
-    return 0
+
+
+def train(parser, args) -> int:
+    config = check_args(parser, args)
+    from gpucnn.checkpoint import CheckpointError
+    from gpucnn.data import DataError
+    from gpucnn.splits import SplitError
+    from gpucnn.train import FlagError, NonFiniteLossError, TrainingInterrupted, run, write_metrics_json
+
+    log = say if config.verbose else (lambda *a, **k: None)
+    try:
+        result = run(config, log=log)
+    except (FlagError, SplitError) as exc:  # found once the labels are known: still a usage error
+        tell_user(f"{parser.prog}: error: {exc}")
+        return 2
+    except (CheckpointError, DataError, NonFiniteLossError, ValueError) as exc:
+        tell_user(f"error: {exc}")
+        return 1
+    except OSError as exc:
+        tell_user(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return 1
+    except TrainingInterrupted as exc:
+        tell_user(str(exc) + (f"\nresume with: {resume_command(parser, args, exc.checkpoint)}"
+                              if exc.checkpoint else ""))
+        return 130
+
+    failed = False
+    kept = (f"the trained model is kept in {config.checkpoint}" if config.checkpoint else
+            "the trained model was not saved (no --checkpoint)")
+    for flag, path in (("--metrics-json", args.metrics_json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        try:
+            if flag == "--plot":
+                from gpucnn.plot import plot_run
+                plot_run(result, path)
+            else:
+                write_metrics_json(path, result)
+            log(f"{flag[2:].replace('-json', '')} written to {path}")
+        except (OSError, ValueError, RuntimeError) as exc:
+            tell_user(f"error: could not write {flag} {path} ({exc}); {kept}")
+            failed = True
+    say(f"test accuracy: {result['test_acc']:.2%}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpucnn.train import (NonFiniteLossError, TrainConfig, build_model, fit, load_checkpoint,
-                          make_optimizer, run, save_checkpoint)
+from gpucnn.checkpoint import load_checkpoint, save_checkpoint
+from gpucnn.train import NonFiniteLossError, TrainConfig, build_model, fit, make_optimizer, run
 from standin import standin_backend
 
 REPO_MNIST = str(Path(__file__).resolve().parent.parent / "data" / "mnist")
@@ -104,3 +104,98 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     saved = load_checkpoint(ckpt)
     assert saved["meta"]["epoch"] == 1
     assert all(np.isfinite(v).all() for v in saved["params"].values())
+
+
+# -- fit for library users: host arrays, no validation, the default generator -------------
+def test_fit_uploads_host_arrays_once_and_runs_without_validation():
+    from gpucnn.data import load_digits
+    import gpucnn
+
+    data = load_digits()
+    x64 = data.train_x[:300].astype(np.float64)  # host float64: cast to float32 on the way up
+    histories = []
+    for _ in range(2):
+        backend = standin_backend()
+        gpucnn.manual_seed(7)
+        model = build_model("simple", data.input_shape, 10, gpucnn.default_generator()).to(backend)
+        opt = make_optimizer("adam", model, 1e-2)
+        backend.xp.reset_transfers()
+        history = fit(model, opt, (x64, data.train_y[:300]), epochs=2, batch_size=32, verbose=0)  # rng=None
+        assert backend.xp.transfers["to_device"] == 2 + 2  # x and y once, one shuffled order per epoch
+        histories.append(history)
+    assert set(histories[0][0]) == {"epoch", "train_loss", "train_acc", "seconds", "images_per_s"}
+    assert [h["train_loss"] for h in histories[0]] == [h["train_loss"] for h in histories[1]]  # manual_seed
+
+
+def test_fit_checks_its_data():
+    model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
+    opt = make_optimizer("sgd", model, 0.1)
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="fit expected as many train images as labels, got 4 and 3"):
+        fit(model, opt, (x, np.zeros(3, np.int64)), epochs=1)
+    with pytest.raises(ValueError, match=r"val labels: expected values in \[0, 10\), got \[-1, 0\]"):
+        fit(model, opt, (x, np.zeros(4, np.int64)), (x, np.array([0, -1, 0, 0])), epochs=1)
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, 1, H, W\), got \(1, 3, 8, 8\)"):
+        fit(model, opt, (np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int64)), epochs=1)
+
+
+# -- splits: the sizes scikit-learn accepts, computed exactly --------------------------------
+@pytest.mark.parametrize("fraction", [0.1, 0.05, 0.3, 0.5, 0.9, 0.123])
+def test_smallest_limit_train_is_exactly_what_sklearn_accepts(fraction):
+    from sklearn.model_selection import train_test_split
+    from gpucnn.data import load_digits
+    from gpucnn.splits import SplitError, data_generator, plan_splits, smallest_splittable
+
+    y = load_digits().train_y
+    smallest = smallest_splittable(fraction, 10, len(y))
+    splits = plan_splits(y, y, smallest, fraction, None, data_generator(0))
+    assert len(splits.train) + len(splits.val) == smallest
+    assert len(np.unique(y[splits.val])) == 10 == len(np.unique(y[splits.train]))
+    with pytest.raises(SplitError, match=f"--limit-train {smallest - 1} .*pass --limit-train {smallest} or more"):
+        plan_splits(y, y, smallest - 1, fraction, None, data_generator(0))
+    with pytest.raises(ValueError, match="number of classes|too few"):  # sklearn refuses one less too
+        train_test_split(y[:smallest - 1], test_size=fraction, stratify=np.arange(smallest - 1) % 10)
+
+
+@pytest.mark.parametrize("fraction, direction", [(0.001, "or more"), (0.999, "or less")])
+def test_suggested_val_fraction_works_and_its_neighbour_does_not(fraction, direction):
+    import re
+    from gpucnn.splits import SplitError, check_split_sizes
+
+    with pytest.raises(SplitError) as info:
+        check_split_sizes(1437, None, fraction, 10)
+    suggested = re.search(rf"pass --val-fraction ([0-9.]+) {direction}", str(info.value)).group(1)
+    check_split_sizes(1437, None, float(suggested), 10)
+    step = 10.0 ** -len(suggested.split(".")[1])
+    neighbour = float(suggested) + (-step if direction == "or more" else step)
+    with pytest.raises(SplitError):
+        check_split_sizes(1437, None, neighbour, 10)
+
+
+def test_resume_refuses_a_checkpoint_with_no_epochs_left(tmp_path):
+    from gpucnn.train import FlagError
+    ckpt = tmp_path / "ckpt.npz"
+    run(TrainConfig(dataset="digits", epochs=1, checkpoint=str(ckpt), verbose=0), log=quiet)
+    with pytest.raises(FlagError, match=rf"{ckpt} already holds 1 epoch; pass --epochs 2 or more to continue"):
+        run(TrainConfig(dataset="digits", epochs=1, resume=str(ckpt), verbose=0), log=quiet)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(terminal, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Stderr(io.StringIO):
+        def isatty(self):
+            return terminal
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr("gpucnn.train._Progress.DELAY", 0.0)  # draw at once
+    model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
+    x, y = np.random.default_rng(1).random((256, 1, 8, 8), dtype=np.float32), np.arange(256) % 10
+    fit(model, make_optimizer("sgd", model, 0.1), (x, y), epochs=2, batch_size=16, verbose=1)
+    out = capsys.readouterr().out
+    assert [line.split()[:2] for line in out.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert "\r" not in out
+    assert ("epoch 1/2:" in stderr.getvalue() and "batch" in stderr.getvalue()) == terminal
+    assert stderr.getvalue() == "" or terminal
