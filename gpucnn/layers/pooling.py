@@ -85,15 +85,15 @@ class _Pool2D(Layer):
             dx_padded.fill(0)  # empty_like + fill: on NumPy zeros_like is slower for this layout
         return dx_padded
 
-    def _scatter(self, dx_padded, dy, factor_of):
-        """Window k of dx_padded gets dy * factor_of(k) (added where windows overlap)."""
+    def _scatter(self, dx_padded, dy, factors):
+        """Window k of dx_padded gets dy * factors[k] (added where windows overlap)."""
         xp = array_module(dx_padded)
         product = xp.empty_like(dy) if self._overlapping else None
-        for k, window in enumerate(self._windows(dx_padded, dy.shape[2:])):
+        for window, factor in zip(self._windows(dx_padded, dy.shape[2:]), factors):
             if self._overlapping:
-                window += xp.multiply(dy, factor_of(k), out=product)
+                window += xp.multiply(dy, factor, out=product)
             else:  # disjoint windows: write straight into place
-                xp.multiply(dy, factor_of(k), out=window)
+                xp.multiply(dy, factor, out=window)
 
 
 def in_layout_of(a, like):
@@ -136,23 +136,31 @@ class MaxPool2D(_Pool2D):
         if not need_input_grad:
             return None
         xp = array_module(dy)
-        windows = self._windows(x_padded, y.shape[2:])
+        dy = in_layout_of(dy, y)
+        out_hw = y.shape[2:]
         # every temporary is allocated like y (empty_like): the layout stays batch-innermost
         tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, C, OH, OW)
         tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
-        tied_with_max += y  # y - 16 eps |y|
-        # first[n, c, i, j] = the first offset k (row-major) whose value counts as the
-        # maximum: scan the offsets backwards, stepping down to k wherever it hits
-        # (uint8 arithmetic: several times faster than xp.where on NumPy here).
-        first = xp.full_like(y, len(windows) - 1, dtype=np.uint8)  # (N, C, OH, OW)
-        step, hit = xp.empty_like(first), xp.empty_like(first, dtype=bool)
-        for k in range(len(windows) - 2, -1, -1):
-            xp.greater_equal(windows[k], tied_with_max, out=hit)
-            xp.subtract(first, k, out=step)
-            step *= hit
-            first -= step
-        dx_padded = self._gradient_buffer(x_padded, y.shape[2:])  # (N, C, Hp, Wp)
-        self._scatter(dx_padded, in_layout_of(dy, y), lambda k: xp.equal(first, k, out=hit))
+        tied_with_max += y  # y - 16 eps |y|: values this close count as the maximum
+        dx_padded = self._gradient_buffer(x_padded, out_hw)  # (N, C, Hp, Wp)
+        product = xp.empty_like(dy) if self._overlapping else None
+        # Scan the offsets in row-major order: `hit` marks the windows whose first maximum
+        # is at offset k, `found` those whose maximum an earlier offset already took.
+        hit = xp.empty_like(y, dtype=bool)  # (N, C, OH, OW)
+        windows = self._windows(x_padded, out_hw)
+        last = len(windows) - 1
+        for k, (window, dx_window) in enumerate(zip(windows, self._windows(dx_padded, out_hw))):
+            xp.greater_equal(window, tied_with_max, out=hit)
+            if k:
+                xp.greater(hit, found, out=hit)  # and not found before (bools: a > b is a and not b)
+            if self._overlapping:
+                dx_window += xp.multiply(dy, hit, out=product)
+            else:  # disjoint windows: write straight into place
+                xp.multiply(dy, hit, out=dx_window)
+            if k == 0:
+                found, hit = hit, xp.empty_like(hit)
+            elif k < last:
+                found |= hit
         return self._unpad(dx_padded)
 
 
@@ -188,5 +196,5 @@ class AvgPool2D(_Pool2D):
         if not need_input_grad:
             return None
         dx_padded = self._gradient_buffer(x_padded, y_shape[2:])  # (N, C, Hp, Wp)
-        self._scatter(dx_padded, dy, lambda k: scale)
+        self._scatter(dx_padded, dy, [scale] * (self.kernel_size[0] * self.kernel_size[1]))
         return self._unpad(dx_padded)
