@@ -22,7 +22,6 @@ from gpucnn import (AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequenti
 from gpucnn.backend import GPUFallbackWarning, array_module, get_backend, gpu_status
 from gpucnn.layers import LAYER_TYPES
 from gpucnn.optim import SGD, Adam
-from standin import standin_backend
 
 F32 = dict(rtol=2e-5, atol=2e-6)  # float32 tolerances: BLAS summation order differs per device
 

@@ -25,6 +25,13 @@ UNARY_UFUNCS = {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "inv
 _SCALAR_OPERATOR_UFUNCS = set(OPERATOR_UFUNCS.values()) | set(COMPARISON_UFUNCS.values())
 
 
+def c_order(a):
+    """``a`` C-contiguous, as CuPy allocates every new output (0-d stays 0-d)."""
+    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+        return a.copy(order="C")
+    return a
+
+
 class Flags:
     """``cupy.ndarray.flags``: only the three flags CuPy has."""
 
@@ -169,4 +176,4 @@ for _name, _ufunc in COMPARISON_UFUNCS.items():
 for _name, _ufunc in UNARY_UFUNCS.items():
     setattr(StandInArray, f"__{_name}__", _unary(_ufunc))
 
-__all__ = ["DeviceDisciplineError", "Flags", "StandInArray"]
+__all__ = ["DeviceDisciplineError", "Flags", "StandInArray", "c_order"]

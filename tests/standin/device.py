@@ -19,10 +19,12 @@ import cupy
 import numpy as np
 
 from . import work as kinds
-from .array import StandInArray
+from .array import StandInArray, c_order as _c_order
 from .cupy_api import (CupyConformanceError, DeviceDisciplineError, NotModeledError, caller_location,
                        check_call, cupy_attribute, cupy_like_strides, cupy_reduction_dtype,
-                       cupy_ufunc_result_dtypes, operand_type, signature_of, violation)
+                       cupy_ufunc_result_dtypes, operand_type, violation)
+from .indexing import Indexing
+from .modules import DeviceRandom, Submodule
 from .work import Work, gemm_flops, pad_launches
 
 COUNTERS = ("to_device", "to_host", "syncs", "duplicate_scatters")
@@ -34,14 +36,7 @@ def _as_tuple(value):
     return value if isinstance(value, tuple) else (value,)
 
 
-def _c_order(a):
-    """``a`` C-contiguous, as CuPy allocates every new output (0-d stays 0-d)."""
-    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
-        return a.copy(order="C")
-    return a
-
-
-class StandInDevice:
+class StandInDevice(Indexing):
     """The stand-in's array module (``xp``)."""
 
     __name__ = "gpucnn_tests_standin_cupy"
@@ -200,9 +195,9 @@ class StandInDevice:
             return out
         results = [r for r in _as_tuple(result) if isinstance(r, (np.ndarray, np.generic))]
         fresh = [r for r in results if not any(np.may_share_memory(r, a) for a in arrays)]
-        if name not in kinds.ORDER_AWARE:
-            result = tuple(_c_order(r) if any(r is f for f in fresh) else r for r in _as_tuple(result)) \
-                if isinstance(result, tuple) else (_c_order(result) if fresh else result)
+        if name not in kinds.ORDER_AWARE:  # CuPy allocates every new output C-contiguous
+            relaid = [_c_order(r) if any(r is f for f in fresh) else r for r in _as_tuple(result)]
+            result = tuple(relaid) if isinstance(result, tuple) else relaid[0]
         if name in kinds.REDUCTIONS and kwargs.get("dtype") is None and arrays and results:
             self._check_reduction_dtype(name, arrays[0].dtype, results[0].dtype)
         if fresh or name in kinds.FILLS:
@@ -282,10 +277,9 @@ class StandInDevice:
         if not isinstance(a, StandInArray) or not isinstance(b, StandInArray):
             raise self.discipline(call, f"{call} needs two device arrays")
         result = np.matmul(a_np, b_np, out=None if out is None else out._a)
-        result = _c_order(result)
         flops = gemm_flops(a_np.shape, b_np.shape, result.size, "matmul")
         self.work.add("gemm", a_np.nbytes + b_np.nbytes, result.nbytes, flops)
-        return out if out is not None else self.wrap(result)
+        return out if out is not None else self.wrap(_c_order(result))
 
     def _check_reduction_dtype(self, name, in_dtype, got):
         expected = cupy_reduction_dtype(name, in_dtype)
@@ -317,166 +311,3 @@ class StandInDevice:
             return self.call(name, getattr(arr._a, name), args, kwargs, inputs=[arr._a])
         method.__name__ = name
         return method
-
-    # -- indexing ----------------------------------------------------------------------------
-    def _index(self, arr: StandInArray, key):
-        """key -> (numpy key, fancy, boolean); integer index arrays wrapped around, as CuPy
-        does instead of raising IndexError: labels must be checked before they are uploaded."""
-        entries = key if isinstance(key, tuple) else (key,)
-
-        def axes_taken(e):
-            if e is None or e is Ellipsis:
-                return 0
-            return e.ndim if isinstance(e, StandInArray) and e.dtype == bool else 1
-        free = arr.ndim - sum(axes_taken(e) for e in entries)
-        axis, out, fancy, boolean = 0, [], False, False
-        for e in entries:
-            if isinstance(e, (np.ndarray, list)):
-                raise self.discipline("host index", "a host index array (numpy array or list) was used on a "
-                                      "device array; CuPy would upload it on every call: build indices "
-                                      "on the device with xp.arange")
-            taken = free if e is Ellipsis else axes_taken(e)
-            if isinstance(e, StandInArray):
-                e = self.unwrap(e)
-                if e.dtype == bool:
-                    boolean = True
-                elif e.dtype.kind in "iu" and arr.shape[axis]:
-                    e = np.mod(e, arr.shape[axis])
-                    fancy = True
-            out.append(e)
-            axis += taken
-        if not any(e is Ellipsis for e in out):
-            out.append(Ellipsis)  # a[0] stays a 0-d view, as on CuPy (NumPy returns a scalar copy)
-        return tuple(out), fancy, boolean
-
-    def getitem(self, arr: StandInArray, key):
-        np_key, fancy, boolean = self._index(arr, key)
-        if boolean:
-            self.event("syncs", "boolean mask")  # CuPy must learn the count of True values
-        result = arr._a[np_key]
-        if fancy or boolean:
-            result = _c_order(result)
-            self.work.add("gather", result.nbytes + self._index_bytes(np_key), result.nbytes,
-                          launches=self._index_launches(np_key))
-        return StandInArray(result, self)
-
-    @staticmethod
-    def _index_bytes(np_key) -> int:
-        return sum(e.nbytes for e in np_key if isinstance(e, np.ndarray))
-
-    @staticmethod
-    def _index_launches(np_key) -> int:
-        """CuPy: one gather/scatter kernel for one index array; with several, a fill and
-        one kernel per array first combine them into flat indices."""
-        arrays = sum(isinstance(e, np.ndarray) for e in np_key)
-        return 1 if arrays <= 1 else 2 + arrays
-
-    def setitem(self, arr: StandInArray, key, value):
-        np_key, fancy, boolean = self._index(arr, key)
-        np_value = self.unwrap(value)
-        if boolean:
-            self.event("syncs", "boolean mask")
-        read = np_value.nbytes if isinstance(np_value, np.ndarray) else 0
-        if fancy or boolean:
-            positions = np.arange(arr.size).reshape(arr.shape)[np_key]  # flat target of each write
-            if np.unique(positions).size < positions.size:
-                # CuPy leaves the order of writes to one element undefined: take another
-                # order than NumPy's last-wins, so code relying on it fails the parity tests
-                self.counts["duplicate_scatters"] += 1
-                values = np.broadcast_to(np_value, positions.shape)
-                arr._a.flat[positions.ravel()[::-1]] = values.ravel()[::-1]
-            else:
-                arr._a[np_key] = np_value
-            self.work.add("scatter", read + self._index_bytes(np_key), positions.size * arr.itemsize,
-                          launches=self._index_launches(np_key))
-            return
-        target = arr._a[np_key]
-        if (isinstance(np_value, np.ndarray) and np_value.shape == target.shape
-                and np_value.strides == target.strides
-                and np_value.__array_interface__["data"][0] == target.__array_interface__["data"][0]):
-            return  # x[k] += v writes x[k] back onto itself: CuPy skips that copy
-        target[...] = np_value
-        self.work.add("copy" if read else "fill", read, target.nbytes)
-
-
-class Submodule:
-    """cupy.linalg, cupy.fft, cupy.lib.stride_tricks: CuPy's names only, NumPy's math."""
-
-    def __init__(self, device: StandInDevice, name: str, cupy_module, numpy_module):
-        self._dev, self._name, self._cupy, self._numpy = device, name, cupy_module, numpy_module
-
-    def __getattr__(self, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        cupy_attr = cupy_attribute(self._cupy, self._name, attr)
-        if isinstance(cupy_attr, type) or not callable(cupy_attr):
-            return cupy_attr
-        numpy_function = getattr(self._numpy, attr, None)
-        if numpy_function is None:
-            raise NotModeledError(f"the stand-in does not model {self._name}.{attr}")
-        device, call = self._dev, f"{self._name}.{attr}"
-
-        def function(*args, **kwargs):
-            check_call(call, cupy_attr, args, kwargs)
-            return device.call(attr, numpy_function, args, kwargs)
-        return function
-
-
-class DeviceRandom:
-    """``xp.random``: a device random module with cupy.random's Generator API only.
-
-    ``default_rng(seed)`` gives a :class:`DeviceGenerator`. CuPy's legacy global
-    functions (``xp.random.rand``, ``seed``, ...) exist, but gpucnn never uses a global
-    generator: the stand-in refuses them (gpucnn.random.device_generator is the way in).
-    """
-
-    def __init__(self, device: StandInDevice):
-        self._dev = device
-        self.Generator = DeviceGenerator
-
-    def default_rng(self, *args, **kwargs):
-        check_call("cupy.random.default_rng", cupy.random.default_rng, args, kwargs)
-        seed = signature_of(cupy.random.default_rng).bind(*args, **kwargs).arguments.get("seed")
-        if isinstance(seed, (StandInArray, np.ndarray)):
-            raise NotModeledError("cupy.random.default_rng with an array seed")
-        return DeviceGenerator(self._dev, np.random.default_rng(seed))
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        cupy_attribute(cupy.random, "cupy.random", name)
-        raise self._dev.discipline(
-            f"cupy.random.{name}", f"cupy.random.{name} draws from CuPy's global generator; gpucnn draws "
-            "device randomness from a Generator: gpucnn.random.device_generator(xp, rng)")
-
-
-class DeviceGenerator:
-    """A ``cupy.random.Generator``: its methods and signatures, arrays made on the device
-    (the numbers come from NumPy's generator: the same seed gives other numbers on CuPy)."""
-
-    def __init__(self, device: StandInDevice, host_generator: np.random.Generator):
-        self._dev, self._rng = device, host_generator
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        cupy_method = cupy_attribute(cupy.random.Generator, "cupy.random.Generator", name)
-        numpy_method = getattr(self._rng, name)
-        call, device = f"cupy.random.Generator.{name}", self._dev
-
-        def draw(*args, **kwargs):
-            check_call(call, cupy_method, args, kwargs)
-            arguments = dict(signature_of(cupy_method).bind(*args, **kwargs).arguments)
-            dtype, out = arguments.pop("dtype", None), arguments.pop("out", None)
-            arguments = device.unwrap(arguments)
-            if dtype is not None and "dtype" in inspect.signature(numpy_method).parameters:
-                arguments["dtype"] = dtype
-            values = np.asarray(numpy_method(**arguments))
-            if dtype is not None:
-                values = values.astype(dtype, copy=False)
-            device.work.add("random", written=values.nbytes)
-            if out is not None:
-                out._a[...] = values
-                return out
-            return StandInArray(values, device)
-        return draw
