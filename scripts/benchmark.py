@@ -11,6 +11,11 @@ same number of threads for both. Timings are printed, never asserted.
     python scripts/benchmark.py                       # full table (a few minutes)
     python scripts/benchmark.py --quick               # a smoke run (CI)
     python scripts/benchmark.py --device gpu --json bench.json
+    python scripts/benchmark.py --gpu-model           # predicted GPU bounds, no GPU needed
+
+``--gpu-model`` times nothing: it counts one training step's kernel launches, bytes and
+FLOPs with the CuPy stand-in and prints the lower bounds they put on a GPU step
+(scripts/gpu_model.py): a prediction, not a measurement.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import Adam  # noqa: E402
-from gpucnn.train import build_model  # noqa: E402
+from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
 
 INPUT_SHAPE = (1, 28, 28)  # MNIST
 CLASSES = 10
@@ -83,6 +88,9 @@ class GpucnnCase:
 
 
 # -- PyTorch, the identical network --------------------------------------------------------
+TORCH_TWINS = ("simple", "lenet")  # networks with a PyTorch twin below
+
+
 def torch_model(arch, torch):
     nn = torch.nn
     if arch == "simple":
@@ -152,7 +160,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default="all",
                    help="gpucnn backends to time; 'all' = the CPU plus the GPU when usable")
-    p.add_argument("--archs", nargs="+", choices=("simple", "lenet"), default=["simple", "lenet"])
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=["simple", "lenet"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for BLAS and for torch")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
@@ -161,7 +169,20 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 repeats, 1 warm-up")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--gpu-model", action="store_true",
+                   help="instead of timing: predict GPU step-time bounds from counted work (no GPU needed)")
+    p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="the GPU --gpu-model predicts for")
     args = p.parse_args(argv)
+    if args.gpu_model:
+        if min(args.batch_sizes) < 1:
+            p.error("batch sizes must be positive")
+        import gpu_model
+        rows = gpu_model.report(args.archs, args.batch_sizes, args.gpu, INPUT_SHAPE)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"prediction": True, "gpu": args.gpu, "rows": rows}, f, indent=2)
+            print(f"\nwritten to {args.json}")
+        return 0
     if args.quick:
         args.steps, args.repeats, args.warmup = 2, 2, 1
     if min(args.batch_sizes) < 1 or args.threads < 1 or args.steps < 1 or args.repeats < 1:
@@ -192,7 +213,8 @@ def main(argv=None):
 
     rows = []
     for arch in args.archs:
-        if torch:
+        twin = torch if arch in TORCH_TWINS else None
+        if twin:
             check_same_network(arch, torch)
         for batch in args.batch_sizes:
             data = np.random.default_rng(1)
@@ -200,7 +222,7 @@ def main(argv=None):
             y = data.integers(0, CLASSES, batch)
             for backend in backends:
                 cases = {"gpucnn": GpucnnCase(arch, batch, backend, x, y)}
-                if torch and backend.name == "cpu":
+                if twin and backend.name == "cpu":
                     cases["torch"] = TorchCase(arch, batch, torch, x, y)
                 row = {"arch": arch, "batch": batch, "device": backend.name}
                 for mode in ("train", "eval"):

@@ -1,4 +1,5 @@
-"""Shared fixtures: the backends every cross-backend test runs on."""
+"""Shared fixtures: the backends every cross-backend test runs on, and the rule that a
+test fails when the CuPy stand-in found anything during it (tests/standin/)."""
 from __future__ import annotations
 
 import os
@@ -10,16 +11,19 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers: reference, standin, gradcheck
 
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
-from standin import standin_backend  # noqa: E402
+from standin import FINDINGS, standin_backend  # noqa: E402
 
 _CUPY, _NO_GPU_REASON = gpu_status()
+_NEEDS_GPU = pytest.mark.skipif(_CUPY is None, reason=f"needs a CUDA GPU: {_NO_GPU_REASON}")
 
-# Backends compared with NumPy: the stand-in always (CI has no GPU), real CuPy when usable.
-DEVICE_BACKENDS = [
+# Every backend test runs on NumPy, on the CuPy stand-in (always: CI has no GPU) and on
+# real CuPy when a CUDA device is usable (skipped with the reason otherwise).
+BACKENDS = [
+    pytest.param("cpu", id="cpu"),
     pytest.param("standin", id="standin"),
-    pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(
-        _CUPY is None, reason=f"needs a CUDA GPU: {_NO_GPU_REASON}")),
+    pytest.param("cupy", id="cupy", marks=_NEEDS_GPU),
 ]
+DEVICE_BACKENDS = BACKENDS[1:]
 
 
 def make_backend(kind: str):
@@ -30,12 +34,35 @@ def make_backend(kind: str):
     return get_backend("cpu")
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every backend: NumPy, the CuPy stand-in, and a real GPU when present."""
+    return make_backend(request.param)
+
+
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
-    """A GPU-like backend: the CuPy-rules stand-in, or a real GPU when present."""
+    """A GPU-like backend: the CuPy stand-in, or a real GPU when present."""
     return make_backend(request.param)
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def fail_on_new_findings(start: int) -> None:
+    """pytest.fail naming every stand-in finding recorded since ``start`` (and forget them)."""
+    new = FINDINGS[start:]
+    del FINDINGS[start:]
+    if new:
+        pytest.fail("the CuPy stand-in found calls that real CuPy would reject or run differently:\n"
+                    + "\n".join(f"  {finding}" for finding in new), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def standin_findings_fail_the_test():
+    """A finding fails its test even when the exception it raised was caught."""
+    start = len(FINDINGS)
+    yield
+    fail_on_new_findings(start)

@@ -328,10 +328,7 @@ def test_toolkit_layer_equal_across_backends(name, device_backend):
         np.testing.assert_allclose(got, host, **F32)
 
 
-def test_dropout_on_every_backend(device_backend, request):
-    if device_backend.xp.random is np.random:
-        request.applymarker(pytest.mark.xfail(
-            reason="needs the strict stand-in's device random module", strict=True))
+def test_dropout_on_every_backend(device_backend):
     layer = Dropout(0.25, rng=np.random.default_rng(2)).to(device_backend)
     data = np.random.default_rng(5)
     x = (data.uniform(0.5, 2, (8, 4, 6, 6)) * data.choice([-1, 1], (8, 4, 6, 6))).astype(np.float32)

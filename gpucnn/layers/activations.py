@@ -9,17 +9,23 @@ class ReLU(Layer):
     """max(x, 0), any shape -> same shape. The gradient at exactly 0 is 0 (as PyTorch)."""
 
     def forward(self, x):
-        """x (...) -> y (...)."""
+        """x (...) -> y (...), in x's memory layout (batch-innermost stays batch-innermost)."""
         self._check_floating(x)
-        y = array_module(x).maximum(x, 0)
+        xp = array_module(x)
+        # out=: CuPy ufuncs return C-contiguous arrays; empty_like (order 'K') keeps x's layout
+        y = xp.maximum(x, 0, out=xp.empty_like(x))
         self._cache = y
         return y
 
     def backward(self, dy, need_input_grad=True):
-        """dy (...) -> dx (...): dy where x > 0, else 0."""
+        """dy (...) -> dx (...): dy where x > 0, else 0; in the forward output's layout."""
         y = self._cached()
         self._check_dy(dy, y.shape)
-        return dy * (y > 0) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        xp = array_module(y)
+        passes = xp.greater(y, 0, out=xp.empty_like(y, dtype=bool))
+        return xp.multiply(dy, passes, out=xp.empty_like(y))
 
     def output_shape(self, input_shape):
         return tuple(input_shape)

@@ -1,8 +1,8 @@
 """im2col / col2im by kernel offsets, shared by Conv2D and the pooling layers.
 
-Both loop over the ``kh * kw`` kernel offsets only: each offset (i, j) is one
-strided slice of the padded input, copied whole (im2col) or added back whole
-(col2im). No Python loop ever runs over samples or pixels.
+Each kernel offset (i, j) is one strided slice of the padded input: im2col copies
+all of them at once through one strided view; col2im adds them back one offset at a
+time (their windows overlap). No Python loop ever runs over samples or pixels.
 
 Seed 004 ("convolution as a matrix multiplication"): after im2col the
 convolution of every window with every kernel is one matrix multiply.
@@ -11,8 +11,10 @@ Memory layout. The layers' public shapes are NCHW, but Conv2D stores its
 activations batch-innermost, as (C, H, W, N) in memory, and hands out an NCHW
 *view* of them (a transpose, no copy). Every offset slice then moves runs of N
 contiguous floats instead of runs of W (often just 10 or 24), which makes these
-copies several times faster on NumPy; elementwise layers (ReLU, pooling) keep
-whatever layout they receive, so the whole network stays in it.
+copies several times faster on NumPy. Elementwise layers (ReLU, pooling) keep
+whatever layout they receive, so the whole network stays in it: on CuPy too,
+because they write their ufunc results into ``empty_like`` arrays (CuPy ufuncs
+would otherwise return C-contiguous, i.e. NCHW, arrays).
 """
 from __future__ import annotations
 
@@ -52,16 +54,21 @@ def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=No
     Row (c, i, j) holds input channel c at kernel offset (i, j) for every output
     position and sample: each column is one receptive field. ``out``: an array of
     that shape to write into (a reused buffer), else a new one.
+
+    All kh*kw offset slices are one strided view of the input (as_strided: offset
+    (i, j) and output position (oh, ow) both step through rows and columns), copied
+    in one go: one kernel on a GPU instead of kh*kw, and no slower on NumPy.
     """
     xp = array_module(x_chwn)
     c, _, _, n = x_chwn.shape
     if out is None:
         out = xp.empty((c * kh * kw, out_h * out_w * n), dtype=x_chwn.dtype)
-    cols = out.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N), a view
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = offset_slices(i, j, stride, out_h, out_w)
-            cols[:, i, j] = x_chwn[:, rows, columns, :]  # (C, out_h, out_w, N)
+    s_c, s_h, s_w, s_n = x_chwn.strides
+    # windows[c, i, j, oh, ow, n] = x_chwn[c, i + stride*oh, j + stride*ow, n]: a view, no copy
+    windows = xp.lib.stride_tricks.as_strided(
+        x_chwn, shape=(c, kh, kw, out_h, out_w, n),
+        strides=(s_c, s_h, s_w, stride * s_h, stride * s_w, s_n))  # (C, kh, kw, OH, OW, N)
+    out.reshape(c, kh, kw, out_h, out_w, n)[...] = windows  # (C, kh, kw, OH, OW, N)
     return out  # (C*kh*kw, OH*OW*N)
 
 

@@ -96,9 +96,10 @@ class _Pool2D(Layer):
     def _scatter(self, dx_padded, dy, factors):
         """Window k of dx_padded gets dy * factors[k] (added where windows overlap)."""
         xp = array_module(dx_padded)
+        product = xp.empty_like(dy) if self._overlapping else None
         for window, factor in zip(self._windows(dx_padded, dy.shape[2:]), factors):
             if self._overlapping:
-                window += dy * factor
+                window += xp.multiply(dy, factor, out=product)
             else:  # disjoint windows: write straight into place
                 xp.multiply(dy, factor, out=window)
 
@@ -128,7 +129,9 @@ class MaxPool2D(_Pool2D):
         xp = array_module(x)
         x_padded = pad_nchw(x, *(self.padding,) * 4, value=-np.inf)  # (N, C, Hp, Wp)
         windows = self._windows(x_padded, out_hw)  # views, no copies
-        y = windows[0].copy() if len(windows) == 1 else xp.maximum(windows[0], windows[1])
+        # out=: CuPy ufuncs return C-contiguous arrays; empty_like (order 'K') keeps x's layout
+        y = xp.copy(windows[0]) if len(windows) == 1 else xp.maximum(
+            windows[0], windows[1], out=xp.empty_like(windows[0]))
         for window in windows[2:]:
             xp.maximum(y, window, out=y)
         self._cache = (x_padded, y)
@@ -141,16 +144,31 @@ class MaxPool2D(_Pool2D):
         if not need_input_grad:
             return None
         xp = array_module(dy)
-        windows = self._windows(x_padded, y.shape[2:])
-        tied_with_max = y - TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps * xp.abs(y)  # (N, C, OH, OW)
-        # first[n, c, i, j] = the first offset k (row-major) whose value counts as the
-        # maximum: scan the offsets backwards, stepping down to k wherever it hits
-        # (uint8 arithmetic: several times faster than xp.where on NumPy here).
-        first = xp.full_like(y, len(windows) - 1, dtype=np.uint8)  # (N, C, OH, OW)
-        for k in range(len(windows) - 2, -1, -1):
-            first -= (first - k) * (windows[k] >= tied_with_max)
-        dx_padded = self._gradient_buffer(x_padded, y.shape[2:])  # (N, C, Hp, Wp)
-        self._scatter(dx_padded, in_layout_of(dy, y), [first == k for k in range(len(windows))])
+        dy = in_layout_of(dy, y)
+        out_hw = y.shape[2:]
+        # every temporary is allocated like y (empty_like): the layout stays batch-innermost
+        tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, C, OH, OW)
+        tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
+        tied_with_max += y  # y - 16 eps |y|: values this close count as the maximum
+        dx_padded = self._gradient_buffer(x_padded, out_hw)  # (N, C, Hp, Wp)
+        product = xp.empty_like(dy) if self._overlapping else None
+        # Scan the offsets in row-major order: `hit` marks the windows whose first maximum
+        # is at offset k, `found` those whose maximum an earlier offset already took.
+        hit = xp.empty_like(y, dtype=bool)  # (N, C, OH, OW)
+        windows = self._windows(x_padded, out_hw)
+        last = len(windows) - 1
+        for k, (window, dx_window) in enumerate(zip(windows, self._windows(dx_padded, out_hw))):
+            xp.greater_equal(window, tied_with_max, out=hit)
+            if k:
+                xp.greater(hit, found, out=hit)  # and not found before (bools: a > b is a and not b)
+            if self._overlapping:
+                dx_window += xp.multiply(dy, hit, out=product)
+            else:  # disjoint windows: write straight into place
+                xp.multiply(dy, hit, out=dx_window)
+            if k == 0:
+                found, hit = hit, xp.empty_like(hit)
+            elif k < last:
+                found |= hit
         return self._unpad(dx_padded)
 
 
@@ -167,7 +185,11 @@ class AvgPool2D(_Pool2D):
         x_padded = pad_nchw(x, *(self.padding,) * 4)  # (N, C, Hp, Wp)
         windows = self._windows(x_padded, out_hw)
         scale = x.dtype.type(1.0 / len(windows))
-        y = windows[0] * scale if len(windows) == 1 else windows[0] + windows[1]
+        y = xp.empty_like(windows[0])  # x's layout (CuPy ufuncs would return C-contiguous)
+        if len(windows) == 1:
+            xp.multiply(windows[0], scale, out=y)
+        else:
+            xp.add(windows[0], windows[1], out=y)
         for window in windows[2:]:
             y += window
         if len(windows) > 1:
