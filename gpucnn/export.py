@@ -17,13 +17,12 @@ state are copied to the host (one copy each), nothing else leaves the device.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
 from . import __version__
 from .backend import to_host
+from .fileio import atomic_output
 
 __all__ = ["CONVERTERS", "DEFAULT_OPSET", "MIN_OPSET", "infer_input_shape", "to_onnx"]
 
@@ -261,23 +260,6 @@ def to_onnx(model, path, input_shape=None, opset: int = DEFAULT_OPSET):
     Returns the ``onnx.ModelProto``.
     """
     proto = build_onnx(model, input_shape, opset)
-    _atomic_write(path, proto.SerializeToString())
+    with atomic_output(path, suffix=".onnx") as f:
+        f.write(proto.SerializeToString())
     return proto
-
-
-def _atomic_write(path, data: bytes) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-

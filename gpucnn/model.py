@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 
 import numpy as np
 
 from .backend import get_backend, to_host
+from .fileio import atomic_output
 from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
 from .predict import predict_batches
 from .summary import summary_table, trace_shapes
@@ -279,17 +278,5 @@ def load(path, backend="cpu") -> Sequential:
 def atomic_savez(path, arrays: dict) -> None:
     """np.savez to a temporary file in the same folder, then rename over ``path``:
     a crash or Ctrl-C mid-write never leaves a half-written file at ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path, suffix=".npz") as f:
+        np.savez(f, **arrays)
