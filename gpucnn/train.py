@@ -231,7 +231,8 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=Non
             batch_losses[b] = loss_fn.forward(logits, yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
             correct += (logits.argmax(axis=1) == yb).sum()
-        comm.allreduce_mean_(gradients_of(model), weight=count)  # no-op for one process
+        if comm.size > 1:  # distributed: every rank's gradients become the mean over the global batch
+            comm.allreduce_mean_(gradients_of(model), weight=count)
         optimizer.step()
         if progress is not None:
             progress(b, batch_losses, correct, shard.stop)

@@ -214,3 +214,30 @@ def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == ("train.py: error: argument --distributed needs mpi4py: "
                                     "pip install 'gpucnn[mpi]'")
+
+
+# -- scripts/benchmark.py --ranks ----------------------------------------------------------------
+def test_benchmark_ranks_mode_times_processes_threads_and_the_allreduce(tmp_path):
+    from gpucnn.zoo import ARCHS
+
+    out = tmp_path / "ranks.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--ranks", "2", "--quick",
+                           "--archs", "simple", "--batch-sizes", "8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "| network | global batch | processes x threads |" in proc.stdout
+    result = json.loads(out.read_text())
+    rows = {(r["processes"], r["threads"]): r for r in result["rows"]}
+    assert set(rows) == {(1, 1), (1, 2), (2, 1)}
+    for (processes, threads), row in rows.items():
+        assert row["img_s"] > 0 and row["step_s"] > 0 and row["compute_s"] > 0
+        assert set(row["blas_threads"]) <= {threads}  # OMP/OpenBLAS threads as asked, per rank
+        assert (row["allreduce_alone_s"] > 0) == (processes > 1)
+    assert rows[(1, 1)]["speedup"] == 1.0
+    paper = {r["arch"]: r for r in result["paper"]}
+    assert set(paper) == set(ARCHS)
+    for row in paper.values():
+        assert row["gradient_bytes"] == 4 * row["parameters"]
+        network = row["100 Gb/s network"]["allreduce_s"]
+        assert network["2"] < network["8"] < network["64"]  # JSON keys are strings
+        assert row["NVLink 4 (H100)"]["allreduce_s"]["8"] < network["8"]
