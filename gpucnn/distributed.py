@@ -52,10 +52,12 @@ Semantics (those of PyTorch DDP, Horovod and ChainerMN, stated in global batches
 """
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
 import warnings
+import zlib
 
 import numpy as np
 
@@ -66,7 +68,7 @@ from .random import default_generator
 __all__ = [
     "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "get_communicator",
     "ShardedSampler", "shard_range", "allreduce_metrics", "main_process_log", "gradients_of",
-    "parameters_of", "state_of", "step_generator", "StopSignal", "gradient_bytes",
+    "parameters_of", "state_of", "step_generator", "check_lockstep", "StopSignal", "gradient_bytes",
     "ring_allreduce_seconds", "time_allreduce",
 ]
 
@@ -515,6 +517,23 @@ def step_generator(rng: np.random.Generator, comm: Communicator) -> np.random.Ge
     if comm.size == 1:
         return rng
     return np.random.default_rng([int(rng.integers(2**63 - 1)), comm.rank])
+
+
+def check_lockstep(rng: np.random.Generator, comm: Communicator, when: str = "") -> None:
+    """Collective: RuntimeError on every rank unless ``rng`` (the generator that draws the
+    permutation) is in the same state on every rank. A rank that drew from it more or less
+    than the others (per-sample randomness not taken from :func:`step_generator`) would
+    train on another permutation from then on, silently."""
+    if comm.size == 1:
+        return
+    digest = zlib.crc32(json.dumps(rng.bit_generator.state, sort_keys=True).encode())
+    highest, lowest = comm.allreduce_host([digest, -digest], "max")
+    if highest != -lowest:
+        raise RuntimeError(
+            f"the ranks' data generators have parted{when}: some code drew from the generator that "
+            "shuffles a different number of times on different ranks, so they would now train on "
+            "different permutations; draw per-sample randomness (dropout masks, augmentation) from "
+            "gpucnn.distributed.step_generator(rng, comm)")
 
 
 class StopSignal:

@@ -17,8 +17,8 @@ from .backend import get_backend
 from .checkpoint import (CheckpointError, check_output_path, checkpoint_arrays, load_checkpoint,  # noqa: F401
                          load_trained_model, save_checkpoint, write_checkpoint)
 from .data import Dataset, batch_slices, check_labels, load_digits, load_mnist
-from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, get_communicator,
-                          gradients_of, main_process_log, parameters_of, shard_range, state_of)
+from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
+                          get_communicator, gradients_of, main_process_log, parameters_of, shard_range, state_of)
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
@@ -346,6 +346,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
             finally:
                 if progress is not None:
                     progress.close()
+            check_lockstep(rng, comm, f" in epoch {epoch}")  # distributed: the same permutation next epoch
             bad = ~np.isfinite(losses)  # the global batches' losses: every rank stops together
             if bad.any():
                 b = int(np.argmax(bad))

@@ -130,6 +130,10 @@ def check_args(p, args) -> TrainConfig:
         from gpucnn.distributed import MPI_MISSING
         if find_spec("mpi4py") is None:
             p.error(f"argument {MPI_MISSING}")
+    launched, launch_rank = _launched_by_mpiexec()
+    if launched > 1 and not args.distributed and launch_rank == 0:
+        warnings.warn(f"mpiexec started {launched} processes but --distributed is not given: each trains "
+                      "alone on all the data (and they write the same files); add --distributed")
     config = config_from(args)
     try:
         config.validate()  # also probes the --checkpoint folder
@@ -234,6 +238,15 @@ def one_line_warning(message, category, filename, lineno, line=None):
 # -- several processes (--distributed under mpiexec): only rank 0 speaks; all end together ---
 FAILED_RANK_WAIT = 5.0  # seconds a failed rank waits for the others before aborting the job
 _job = None  # the ranks' communicator for ending together; None: one process
+
+
+def _launched_by_mpiexec() -> tuple[int, int]:
+    """(processes, this one's rank) that MPICH's or Open MPI's mpiexec says it started, from
+    the environment it sets (MPI itself is not started); (1, 0) without a launcher."""
+    for size, rank in (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+        if os.environ.get(size, "").isdigit() and os.environ.get(rank, "").isdigit():
+            return int(os.environ[size]), int(os.environ[rank])
+    return 1, 0
 
 
 def _asks_distributed(argv) -> bool:

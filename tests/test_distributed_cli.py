@@ -200,12 +200,17 @@ def test_without_distributed_the_cli_never_imports_mpi4py():
     assert proc.stdout.splitlines()[-1] == "False"
 
 
-def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
+def load_cli():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_cli_ddp", TRAIN)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
+    cli = load_cli()
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if it were not installed
     monkeypatch.setattr(gpucnn.train, "load_dataset", lambda *a: pytest.fail("data loaded before the check"))
     with pytest.raises(SystemExit) as info:
@@ -214,6 +219,22 @@ def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == ("train.py: error: argument --distributed needs mpi4py: "
                                     "pip install 'gpucnn[mpi]'")
+
+
+@pytest.mark.parametrize("size, rank, variables", [(2, 0, ("PMI_SIZE", "PMI_RANK")),  # MPICH
+                                                   (4, 1, ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"))])
+def test_mpiexec_without_distributed_is_pointed_out_once(monkeypatch, size, rank, variables):
+    import warnings
+
+    for name, value in zip(variables, (size, rank)):
+        monkeypatch.setenv(name, str(value))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status = load_cli().main(["--dataset", "digits", "--epochs", "1", "--limit-test", "50", "--verbose", "0"])
+    assert status == 0
+    said = [str(w.message) for w in caught if "mpiexec started" in str(w.message)]
+    assert said == ([f"mpiexec started {size} processes but --distributed is not given: each trains alone "
+                     "on all the data (and they write the same files); add --distributed"] if rank == 0 else [])
 
 
 # -- scripts/benchmark.py --ranks ----------------------------------------------------------------

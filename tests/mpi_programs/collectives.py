@@ -11,8 +11,8 @@ import numpy as np
 from numpy.testing import assert_allclose, assert_array_equal
 
 from gpucnn.backend import get_backend
-from gpucnn.distributed import (MPICommunicator, StopSignal, allreduce_metrics, get_communicator,
-                                step_generator, time_allreduce)
+from gpucnn.distributed import (MPICommunicator, StopSignal, allreduce_metrics, check_lockstep,
+                                get_communicator, step_generator, time_allreduce)
 from standin import standin_backend
 
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
@@ -159,6 +159,18 @@ def main(scratch):
     assert comm.allreduce_scalar(after, "max") == comm.allreduce_scalar(after, "min") == after
     everyone = comm.allreduce_host(np.eye(size)[rank] * draws[0], "sum")  # (size,) each rank's first draw
     assert len(set(everyone.tolist())) == size, everyone
+
+    # generators that parted are found, on every rank at once
+    shared = np.random.default_rng(9)
+    check_lockstep(shared, comm)
+    if rank == 1:
+        shared.random()  # one draw too many on one rank
+    try:
+        check_lockstep(shared, comm, " in epoch 3")
+    except RuntimeError as exc:
+        assert "data generators have parted in epoch 3" in str(exc), exc
+    else:
+        raise AssertionError("generators that parted were not found")
 
     # ending together: every rank's status -> (highest, rank 0's)
     assert comm.exit_statuses(rank, timeout=60) == (size - 1, 0)
