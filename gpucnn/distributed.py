@@ -23,7 +23,8 @@ Semantics (those of PyTorch DDP, Horovod and ChainerMN, stated in global batches
   generator (one ``rng.permutation`` per epoch, exactly as a single process does), walks it
   in global batches and takes its contiguous slice of each (:class:`ShardedSampler`).
   The last global batch of an epoch may be short (m < B samples). It is split as evenly as
-  possible (shard sizes differ by at most one; when m < N some shards are empty) and every
+  possible over as many ranks as can each take two samples or more (all N when m >= 2N;
+  the others get empty shards), since BatchNorm cannot normalise a single sample, and every
   rank passes its shard size as ``weight``: the update is still the mean over the m samples.
   No sample is dropped or duplicated. A rank with an empty shard skips forward and backward
   and still calls ``allreduce_mean_(grads, weight=0)``.
@@ -67,7 +68,7 @@ from .random import default_generator
 
 __all__ = [
     "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "get_communicator",
-    "ShardedSampler", "shard_range", "allreduce_metrics", "main_process_log", "gradients_of",
+    "ShardedSampler", "shard_range", "short_batch_ranks", "allreduce_metrics", "main_process_log", "gradients_of",
     "parameters_of", "state_of", "step_generator", "check_lockstep", "StopSignal", "gradient_bytes",
     "ring_allreduce_seconds", "time_allreduce",
 ]
@@ -412,6 +413,13 @@ def shard_range(n: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def short_batch_ranks(m: int, size: int) -> int:
+    """How many of ``size`` ranks share a short global batch of ``m`` samples: all of them when
+    each gets two or more, else as many as can (a shard of one sample would stop BatchNorm,
+    which one process training on the m samples does not meet), at least one."""
+    return max(1, min(size, m // 2))
+
+
 class ShardedSampler:
     """Which samples rank ``rank`` of ``size`` trains on, global batch by global batch.
 
@@ -423,7 +431,8 @@ class ShardedSampler:
     ``epoch()`` draws ONE permutation from ``rng`` (same seed, same draw on every rank; with
     ``size=1`` the very order a single process uses), cuts it into global batches of
     ``global_batch_size`` and keeps this rank's contiguous slice of each (:func:`shard_range`:
-    full batches split exactly, the last short one as evenly as possible).
+    full batches split exactly, the last short one as evenly as possible over
+    :func:`short_batch_ranks` ranks).
     """
 
     def __init__(self, num_samples: int, global_batch_size: int, rank: int = 0, size: int = 1, rng=None):
@@ -451,7 +460,10 @@ class ShardedSampler:
         order = self.rng.permutation(self.num_samples)  # (N,) the same on every rank
         pieces, shards, offset = [], [], 0
         for batch in batch_slices(self.num_samples, self.global_batch_size):
-            piece = order[batch][shard_range(batch.stop - batch.start, self.rank, self.size)]
+            m = batch.stop - batch.start
+            ranks = self.size if m == self.global_batch_size else short_batch_ranks(m, self.size)
+            mine = shard_range(m, self.rank, ranks) if self.rank < ranks else slice(0, 0)
+            piece = order[batch][mine]
             pieces.append(piece)
             shards.append(slice(offset, offset + len(piece)))
             offset += len(piece)

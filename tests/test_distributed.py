@@ -61,6 +61,13 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, n_train, epoc
                 assert_allclose(saved[key], expected, rtol=1e-5, atol=1e-5, err_msg=f"rank {rank} {key}")
 
 
+def test_fit_on_two_ranks_keeps_weights_and_batchnorm_statistics_equal():
+    """fit(comm=...) as a library call on lenet-bn: rank 0's BatchNorm statistics everywhere."""
+    rc, out, err, _ = run_mpi(2, "fit_batchnorm.py")
+    assert rc == 0, f"fit_batchnorm.py failed (rc {rc}):\n{out}\n{err[-4000:]}"
+    assert sorted(re.findall(r"rank (\d): fit ok", out)) == ["0", "1"], out
+
+
 @pytest.mark.parametrize("mode, code", [("raise", None), ("abort", 7)])
 def test_a_failing_rank_ends_the_whole_job(mode, code):
     timeout = 60
@@ -286,9 +293,13 @@ def test_shards_partition_every_global_batch(n, batch, size):
             # rank order, contiguous slices: concatenated they are the global batch itself
             assert_array_equal(np.concatenate(shards), order[whole])
             sizes = [len(s) for s in shards]
-            assert max(sizes) - min(sizes) <= 1
-            if whole.stop - whole.start == batch:
+            m = whole.stop - whole.start
+            if m == batch:
                 assert sizes == [batch // size] * size
+            else:  # the short last batch: as even as possible over ranks that get 2 or more
+                used = [s for s in sizes if s]
+                assert max(used) - min(used) <= 1 and (min(used) >= 2 or m == 1)
+                assert len(used) == min(size, max(1, m // 2))
         for indices, _ in plans:
             assert indices.dtype == np.int64
 
@@ -305,9 +316,16 @@ def test_one_rank_visits_the_order_a_single_process_uses():
     assert rng_a.bit_generator.state == rng_b.bit_generator.state
 
 
-def test_short_last_batch_smaller_than_the_ranks_leaves_empty_shards():
-    plans = [ShardedSampler(9, 8, r, 4, np.random.default_rng(0)).epoch() for r in range(4)]
-    assert [shards[-1].stop - shards[-1].start for _, shards in plans] == [1, 0, 0, 0]
+@pytest.mark.parametrize("n, batch, size, last", [
+    (9, 8, 4, [1, 0, 0, 0]),      # one image: one rank takes it, as one process does
+    (11, 8, 4, [3, 0, 0, 0]),
+    (19, 16, 2, [3, 0]),          # not 2 / 1: BatchNorm cannot normalise one image
+    (13, 8, 4, [3, 2, 0, 0]),
+    (29, 16, 4, [4, 3, 3, 3]),    # 2 or more for every rank: all of them
+])
+def test_a_short_last_batch_leaves_no_rank_a_single_image(n, batch, size, last):
+    plans = [ShardedSampler(n, batch, r, size, np.random.default_rng(0)).epoch() for r in range(size)]
+    assert [shards[-1].stop - shards[-1].start for _, shards in plans] == last
 
 
 def test_sampler_refuses_a_global_batch_not_divisible_by_the_ranks():
