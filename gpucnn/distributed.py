@@ -23,7 +23,8 @@ Semantics (those of PyTorch DDP, Horovod and ChainerMN, stated in global batches
   generator (one ``rng.permutation`` per epoch, exactly as a single process does), walks it
   in global batches and takes its contiguous slice of each (:class:`ShardedSampler`).
   The last global batch of an epoch may be short (m < B samples). It is split as evenly as
-  possible (shard sizes differ by at most one; when m < N some shards are empty) and every
+  possible over as many ranks as can each take two samples or more (all N when m >= 2N;
+  the others get empty shards), since BatchNorm cannot normalise a single sample, and every
   rank passes its shard size as ``weight``: the update is still the mean over the m samples.
   No sample is dropped or duplicated. A rank with an empty shard skips forward and backward
   and still calls ``allreduce_mean_(grads, weight=0)``.
@@ -37,11 +38,27 @@ Semantics (those of PyTorch DDP, Horovod and ChainerMN, stated in global batches
   same on every rank, rank 0 writes them, and the host generator advances one permutation per
   epoch whatever N is: a run saved by 4 ranks resumes on 1 or 8 with the same global batch.
 * **Only rank 0 prints or writes files**: ``comm.is_main`` and :func:`main_process_log`.
+* **Randomness drawn per sample** (augmentation, dropout masks) must not come from the
+  generator that draws the permutation: a rank with an empty shard, or with a shard of
+  another size, would draw a different amount from it, and the ranks' next permutations
+  (and rank 0's saved generator state) would part. :func:`step_generator` gives each step
+  one generator per rank, seeded by one draw from the shared generator that every rank
+  makes (empty shard or not): the shared generator stays in lockstep, the ranks' draws
+  are independent (as PyTorch DDP users seed each rank differently), and one process
+  keeps drawing from the shared generator itself, exactly as without this module.
+* **Ending together.** A rank that stops on its own leaves the others waiting in a
+  collective forever. Ctrl-C is taken at the same step on every rank (:class:`StopSignal`);
+  scripts/train.py ends every rank with :meth:`Communicator.exit_statuses` on a
+  communicator that nothing else uses, and aborts the job when a rank does not arrive.
 """
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import time
 import warnings
+import zlib
 
 import numpy as np
 
@@ -51,8 +68,9 @@ from .random import default_generator
 
 __all__ = [
     "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "get_communicator",
-    "ShardedSampler", "shard_range", "allreduce_metrics", "main_process_log", "gradients_of",
-    "parameters_of", "state_of", "gradient_bytes", "ring_allreduce_seconds", "time_allreduce",
+    "ShardedSampler", "shard_range", "short_batch_ranks", "allreduce_metrics", "main_process_log", "gradients_of",
+    "parameters_of", "state_of", "step_generator", "check_lockstep", "StopSignal", "gradient_bytes",
+    "ring_allreduce_seconds", "time_allreduce",
 ]
 
 MPI_MISSING = "--distributed needs mpi4py: pip install 'gpucnn[mpi]'"
@@ -69,7 +87,8 @@ class Communicator:
     travelling in the same buffer.
     ``bcast_(arrays, root=0)``: every array becomes root's, in place, in one collective.
     ``allreduce_scalar(value, op)`` / ``allreduce_host(values, op)``: host numbers, op in
-    "sum", "max", "min". ``barrier()``, ``abort(code)``.
+    "sum", "max", "min". ``barrier()``, ``abort(code)``; ``exit_statuses(code, timeout)`` and
+    ``finalize()`` to end a job together.
     """
 
     name = "single"
@@ -112,6 +131,18 @@ class Communicator:
     def abort(self, code: int = 1) -> None:
         """End every rank of the job with exit status ``code``."""
         raise SystemExit(code)
+
+    def exit_statuses(self, code: int, timeout: float | None = None):
+        """Every rank calls this once, at its end, with its exit status: -> (the highest
+        status, rank 0's status), or None when some rank did not arrive within ``timeout``
+        seconds (None: wait as long as it takes). A rank that does not arrive is waiting in
+        a collective that a failed rank left: the caller should abort. Call it on a
+        communicator that nothing else uses, so that it never meets such a collective."""
+        return int(code), int(code)
+
+    def finalize(self) -> None:
+        """End this process's MPI cleanly (after exit_statuses, on every rank), so that a
+        non-zero exit under ``python -m mpi4py`` is not turned into an MPI_Abort."""
 
     def _check_root(self, root):
         if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < self.size:
@@ -171,6 +202,23 @@ class MPICommunicator(Communicator):
 
     def abort(self, code: int = 1) -> None:
         self._mpi.Abort(code)
+
+    def exit_statuses(self, code: int, timeout: float | None = None):
+        mine = np.array([code, code if self.rank == 0 else 0], dtype=np.int64)  # (2,)
+        result = np.empty_like(mine)
+        # non-blocking, so that a rank can give up waiting for ranks stuck elsewhere
+        request = self._mpi.Iallreduce(mine, result, op=_mpi_module().MAX)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not request.Test():
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(0.005)
+        return int(result[0]), int(result[1])
+
+    def finalize(self) -> None:
+        MPI = _mpi_module()
+        if not MPI.Is_finalized():
+            MPI.Finalize()
 
     # -- one flat buffer per step: [w * a0.ravel(), w * a1.ravel(), ..., w] ----------------
     def _pack(self, arrays, xp, weight):
@@ -275,8 +323,12 @@ class _CupyNCCL:
 def _mpi_module():
     try:
         from mpi4py import MPI
-    except ImportError:
-        raise ImportError(MPI_MISSING) from None
+    except ImportError as exc:
+        from importlib.util import find_spec
+        if find_spec("mpi4py") is None:
+            raise ImportError(MPI_MISSING) from None
+        raise ImportError(f"mpi4py is installed but cannot load an MPI library ({exc}); "
+                          "reinstall it with: pip install --force-reinstall 'gpucnn[mpi]'") from None
     return MPI
 
 
@@ -361,6 +413,13 @@ def shard_range(n: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def short_batch_ranks(m: int, size: int) -> int:
+    """How many of ``size`` ranks share a short global batch of ``m`` samples: all of them when
+    each gets two or more, else as many as can (a shard of one sample would stop BatchNorm,
+    which one process training on the m samples does not meet), at least one."""
+    return max(1, min(size, m // 2))
+
+
 class ShardedSampler:
     """Which samples rank ``rank`` of ``size`` trains on, global batch by global batch.
 
@@ -372,7 +431,8 @@ class ShardedSampler:
     ``epoch()`` draws ONE permutation from ``rng`` (same seed, same draw on every rank; with
     ``size=1`` the very order a single process uses), cuts it into global batches of
     ``global_batch_size`` and keeps this rank's contiguous slice of each (:func:`shard_range`:
-    full batches split exactly, the last short one as evenly as possible).
+    full batches split exactly, the last short one as evenly as possible over
+    :func:`short_batch_ranks` ranks).
     """
 
     def __init__(self, num_samples: int, global_batch_size: int, rank: int = 0, size: int = 1, rng=None):
@@ -400,7 +460,10 @@ class ShardedSampler:
         order = self.rng.permutation(self.num_samples)  # (N,) the same on every rank
         pieces, shards, offset = [], [], 0
         for batch in batch_slices(self.num_samples, self.global_batch_size):
-            piece = order[batch][shard_range(batch.stop - batch.start, self.rank, self.size)]
+            m = batch.stop - batch.start
+            ranks = self.size if m == self.global_batch_size else short_batch_ranks(m, self.size)
+            mine = shard_range(m, self.rank, ranks) if self.rank < ranks else slice(0, 0)
+            piece = order[batch][mine]
             pieces.append(piece)
             shards.append(slice(offset, offset + len(piece)))
             offset += len(piece)
@@ -454,6 +517,81 @@ def state_of(model) -> list:
     order, possibly none: ``bcast_`` them before evaluating or saving, so that every rank
     holds rank 0's, as PyTorch DDP's ``broadcast_buffers`` does."""
     return [layer.state[name] for _, layer, name in model.named_state()]
+
+
+# -- randomness per rank, Ctrl-C on every rank ----------------------------------------------
+def step_generator(rng: np.random.Generator, comm: Communicator) -> np.random.Generator:
+    """The generator this rank's per-sample draws (augmentation, dropout masks) use for one
+    step. One process: ``rng`` itself, as without distribution. N ranks: a fresh generator
+    seeded by one draw from ``rng`` (the same draw on every rank, whatever its shard, so
+    ``rng`` stays in lockstep) and the rank (so the ranks' draws are independent).
+    Call it once per step on every rank, an empty shard included."""
+    if comm.size == 1:
+        return rng
+    return np.random.default_rng([int(rng.integers(2**63 - 1)), comm.rank])
+
+
+def check_lockstep(rng: np.random.Generator, comm: Communicator, when: str = "") -> None:
+    """Collective: RuntimeError on every rank unless ``rng`` (the generator that draws the
+    permutation) is in the same state on every rank. A rank that drew from it more or less
+    than the others (per-sample randomness not taken from :func:`step_generator`) would
+    train on another permutation from then on, silently."""
+    if comm.size == 1:
+        return
+    digest = zlib.crc32(json.dumps(rng.bit_generator.state, sort_keys=True).encode())
+    highest, lowest = comm.allreduce_host([digest, -digest], "max")
+    if highest != -lowest:
+        raise RuntimeError(
+            f"the ranks' data generators have parted{when}: some code drew from the generator that "
+            "shuffles a different number of times on different ranks, so they would now train on "
+            "different permutations; draw per-sample randomness (dropout masks, augmentation) from "
+            "gpucnn.distributed.step_generator(rng, comm)")
+
+
+class StopSignal:
+    """Ctrl-C in a data-parallel loop, taken at the same step on every rank.
+
+        with StopSignal(comm) as stop:
+            for step ...:
+                ...
+                if stop.requested():   # every rank, after every step: a collective
+                    raise KeyboardInterrupt
+
+    mpiexec passes Ctrl-C to every rank, but a rank that raised KeyboardInterrupt at once
+    would leave the others waiting in the next collective forever (a rank blocked inside
+    one never sees the signal). With several ranks, on the main thread, the first SIGINT
+    only sets a flag; ``requested()`` is True on every rank as soon as one rank has it.
+    A second SIGINT raises at once. One process: nothing is deferred and ``requested()``
+    is False without a collective: Ctrl-C raises where it lands, as always.
+    """
+
+    def __init__(self, comm: Communicator):
+        self.comm = comm
+        self.flagged = False
+        self._installed, self._previous = False, None
+
+    def __enter__(self) -> "StopSignal":
+        if self.comm.size > 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._installed:  # None: a handler not set from Python; Python's default then
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.default_int_handler)
+            self._installed = False
+
+    def _handle(self, signum, frame):
+        if self.flagged:
+            raise KeyboardInterrupt  # the second Ctrl-C: at once
+        self.flagged = True
+
+    def requested(self) -> bool:
+        """Collective with several ranks: True on every rank when any rank got Ctrl-C."""
+        if self.comm.size == 1:
+            return False
+        return self.comm.allreduce_scalar(int(self.flagged), "max") > 0
 
 
 # -- cost of the gradient exchange (for scripts/benchmark.py) --------------------------------

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from .backend import get_backend
 from .checkpoint import (CheckpointError, check_output_path, checkpoint_arrays, load_checkpoint,  # noqa: F401
                          load_trained_model, save_checkpoint, write_checkpoint)
 from .data import Dataset, batch_slices, check_labels, load_digits, load_mnist
+from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
+                          get_communicator, gradients_of, main_process_log, parameters_of, shard_range, state_of)
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
@@ -70,6 +73,7 @@ class TrainConfig:
     checkpoint: str | None = None
     resume: str | None = None
     verbose: int = 1
+    distributed: bool = False  # data-parallel over the ranks of an MPI launch (gpucnn.distributed)
 
     # flags that must match when resuming: they define the data and the model
     RUN_DEFINING = ("dataset", "arch", "optimizer", "seed", "limit_train", "val_fraction")
@@ -101,6 +105,8 @@ class TrainConfig:
             fail("verbose", "0 (quiet), 1 (progress bars) or 2 (one line per epoch)")
         if not isinstance(self.seed, int) or self.seed < 0:
             fail("seed", "a non-negative integer")
+        if not isinstance(self.distributed, bool):
+            fail("distributed", "True or False")
         if self.checkpoint is not None:
             try:
                 check_output_path(self.checkpoint)
@@ -119,6 +125,8 @@ class TrainConfig:
             del settings["data_dir"], settings["download"]
         if self.optimizer != "momentum":
             del settings["momentum"]
+        if not self.distributed:
+            del settings["distributed"]
         return {k: v for k, v in settings.items() if v is not None}
 
 
@@ -161,53 +169,82 @@ def make_optimizer(name: str, model: Sequential, lr: float, momentum: float = 0.
 
 
 # -- the loops ----------------------------------------------------------------------------
-def evaluate(model: Sequential, x, y, batch_size: int = 1000):
+def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
     """Mean loss, accuracy and host predictions of ``model`` on device arrays x, y.
 
     Everything accumulates on the device; two downloads in total, whatever the size.
+    With a communicator of N ranks (gpucnn.distributed), each rank evaluates its
+    contiguous part of x and the loss sums and predictions are added over the ranks:
+    every rank returns the numbers one process computes, and every prediction.
     """
+    comm = SingleProcess() if comm is None else comm
     xp = model.backend.xp
     loss_fn = SoftmaxCrossEntropy()
     n = len(y)
+    part = shard_range(n, comm.rank, comm.size)  # this rank's images: all of them for one process
     loss_sum = xp.zeros((), dtype=np.float64)
-    predictions = xp.empty(n, dtype=np.int64)
-    for batch in batch_slices(n, batch_size):
-        logits = model.forward(x[batch])
-        loss_sum += loss_fn.forward(logits, y[batch]) * (batch.stop - batch.start)
+    predictions = xp.empty(part.stop - part.start, dtype=np.int64)
+    for batch in batch_slices(part.stop - part.start, batch_size):
+        images = slice(part.start + batch.start, part.start + batch.stop)
+        logits = model.forward(x[images])
+        loss_sum += loss_fn.forward(logits, y[images]) * (batch.stop - batch.start)
         predictions[batch] = logits.argmax(axis=1)
     predictions = model.backend.to_numpy(predictions)
-    mean_loss = float(model.backend.to_numpy(loss_sum)) / n
+    loss_sum = float(model.backend.to_numpy(loss_sum))
+    if comm.size > 1:  # distributed: every rank gets the sums and all the predictions
+        everyone = np.zeros(n, dtype=np.int64)
+        everyone[part] = predictions
+        sums = allreduce_metrics(comm, {"loss_sum": loss_sum, "predictions": everyone})
+        loss_sum, predictions = sums["loss_sum"], sums["predictions"]
+    mean_loss = loss_sum / n
     accuracy = float(np.mean(predictions == model.backend.to_numpy(y))) if n else float("nan")
     return mean_loss, accuracy, predictions
 
 
-def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None):
+def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=None, sampler=None, stop=None):
     """One pass over device arrays x (N, C, H, W), y (N,) in a fresh random order.
 
     Returns (per-batch losses, batch sizes, correct count) on the host. Inside the
     batch loop nothing is copied between host and device: the shuffled order is
     uploaded once, losses and correct counts stay on the device until the end.
+
+    Distributed (``comm`` of N ranks, ``sampler`` its ShardedSampler, ``stop`` a
+    StopSignal): ``batch_size`` is the global batch; each rank trains on its shard of
+    every global batch, the gradients are averaged over the ranks before each step, and
+    the returned numbers are those of the global batches, the same on every rank.
     """
+    comm = SingleProcess() if comm is None else comm
+    sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng) if sampler is None else sampler
     backend = model.backend
     xp = backend.xp
-    n = len(y)
-    order = backend.asarray(rng.permutation(n))  # (N,) one upload per epoch
-    slices = batch_slices(n, batch_size)
-    batch_losses = xp.zeros(len(slices), dtype=np.float32)
+    indices, shards = sampler.epoch()  # one permutation; for one process, the whole order
+    order = backend.asarray(indices)  # (n,) one upload per epoch
+    batch_losses = xp.zeros(len(shards), dtype=np.float32)
     correct = xp.zeros((), dtype=np.int64)
     loss_fn = SoftmaxCrossEntropy()
-    for b, batch in enumerate(slices):
-        indices = order[batch]
-        xb, yb = x[indices], y[indices]  # gathered on the device
-        logits = model.forward(xb)
-        batch_losses[b] = loss_fn.forward(logits, yb)
-        model.backward(loss_fn.backward(), need_input_grad=False)
+    for b, shard in enumerate(shards):
+        count = shard.stop - shard.start  # this rank's part of the global batch (may be 0)
+        if count:
+            batch = order[shard]
+            xb, yb = x[batch], y[batch]  # gathered on the device
+            logits = model.forward(xb)
+            batch_losses[b] = loss_fn.forward(logits, yb)
+            model.backward(loss_fn.backward(), need_input_grad=False)
+            correct += (logits.argmax(axis=1) == yb).sum()
+        if comm.size > 1:  # distributed: every rank's gradients become the mean over the global batch
+            comm.allreduce_mean_(gradients_of(model), weight=count)
         optimizer.step()
-        correct += (logits.argmax(axis=1) == yb).sum()
         if progress is not None:
-            progress(b, batch_losses, correct, batch.stop)
-    sizes = np.array([s.stop - s.start for s in slices])
-    return backend.to_numpy(batch_losses), sizes, int(backend.to_numpy(correct))
+            progress(b, batch_losses, correct, shard.stop)
+        if stop is not None and stop.requested():  # Ctrl-C: every rank after the same step
+            raise KeyboardInterrupt
+    sizes = np.array([s.stop - s.start for s in shards])
+    losses, correct = backend.to_numpy(batch_losses), int(backend.to_numpy(correct))
+    if comm.size > 1:  # distributed: the global batches' mean losses and sizes, all ranks' correct
+        sums = allreduce_metrics(comm, {"loss": losses * sizes, "size": sizes, "correct": correct})
+        sizes, correct = sums["size"], sums["correct"]
+        losses = sums["loss"] / sizes
+    return losses, sizes, correct
 
 
 def _stderr_is_terminal() -> bool:
@@ -270,7 +307,7 @@ def _to_device(model, data, name):
 
 
 def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, verbose=2,
-        start_epoch=0, history=None, on_epoch_end=None, log=print):
+        start_epoch=0, history=None, on_epoch_end=None, log=print, comm=None):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
     initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
     after each epoch (None: no validation). Host numpy arrays are uploaded once to the
@@ -283,40 +320,55 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     ``on_epoch_end(epoch, history)`` runs after each epoch (checkpointing). A NaN/inf loss
     raises NonFiniteLossError naming the epoch and batch, before ``on_epoch_end`` could
     save the bad weights.
+
+    ``comm`` (gpucnn.distributed; None: one process): data-parallel training over its
+    ranks, every rank calling fit with the same data and generator state. ``batch_size``
+    is the global batch (divisible by the number of ranks); the history is the same on
+    every rank; only rank 0 logs; ``on_epoch_end`` runs on every rank (save where
+    ``comm.is_main``); BatchNorm statistics are rank 0's after each epoch.
     """
+    comm = SingleProcess() if comm is None else comm
+    log = main_process_log(comm, log)
     rng = default_generator() if rng is None else rng
     history = list(history or [])
     x, y = _to_device(model, train, "train")
     if val is not None:
         val = _to_device(model, val, "val")
-    show_bar = verbose == 1 and _stderr_is_terminal()
-    for epoch in range(start_epoch + 1, epochs + 1):
-        progress = _Progress(len(batch_slices(len(y), batch_size)), f"epoch {epoch}/{epochs}",
-                             model.backend) if show_bar else None
-        start = time.perf_counter()
-        try:
-            losses, sizes, correct = train_epoch(model, optimizer, x, y, batch_size, rng, progress)
-        finally:
-            if progress is not None:
-                progress.close()
-        bad = ~np.isfinite(losses)
-        if bad.any():
-            b = int(np.argmax(bad))
-            raise NonFiniteLossError(
-                f"the training loss became {losses[b]} at epoch {epoch}, batch {b + 1} of {len(losses)}; "
-                "training stopped (try a lower --lr); the last good checkpoint was not touched")
-        record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
-                  "train_acc": correct / len(y)}
-        if val is not None:
-            record["val_loss"], record["val_acc"], _ = evaluate(model, *val)
-        model.backend.synchronize()
-        seconds = time.perf_counter() - start
-        record.update(seconds=seconds, images_per_s=len(y) / seconds)
-        history.append(record)
-        if on_epoch_end is not None:  # first: a printed epoch is a saved epoch
-            on_epoch_end(epoch, history)
-        if verbose:
-            log(format_epoch(record, epochs))
+    sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng)
+    show_bar = verbose == 1 and comm.is_main and _stderr_is_terminal()
+    with StopSignal(comm) as stop:  # distributed: Ctrl-C stops every rank after the same step
+        for epoch in range(start_epoch + 1, epochs + 1):
+            progress = _Progress(len(sampler), f"epoch {epoch}/{epochs}", model.backend) if show_bar else None
+            start = time.perf_counter()
+            try:
+                losses, sizes, correct = train_epoch(model, optimizer, x, y, batch_size, rng, progress,
+                                                     comm=comm, sampler=sampler, stop=stop)
+            finally:
+                if progress is not None:
+                    progress.close()
+            check_lockstep(rng, comm, f" in epoch {epoch}")  # distributed: the same permutation next epoch
+            bad = ~np.isfinite(losses)  # the global batches' losses: every rank stops together
+            if bad.any():
+                b = int(np.argmax(bad))
+                raise NonFiniteLossError(
+                    f"the training loss became {losses[b]} at epoch {epoch}, batch {b + 1} of {len(losses)}; "
+                    "training stopped (try a lower --lr); the last good checkpoint was not touched")
+            record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
+                      "train_acc": correct / len(y)}
+            if comm.size > 1 and state_of(model):  # BatchNorm statistics: rank 0's, as saved and evaluated
+                comm.bcast_(state_of(model))
+            if val is not None:
+                record["val_loss"], record["val_acc"], _ = evaluate(model, *val, comm=comm)
+            model.backend.synchronize()
+            seconds = time.perf_counter() - start
+            record.update(seconds=seconds, images_per_s=len(y) / seconds)  # all ranks' images
+            history.append(record)
+            if on_epoch_end is not None:  # first: a printed epoch is a saved epoch
+                on_epoch_end(epoch, history)
+            if verbose:
+                log(format_epoch(record, epochs))
+            if stop.requested():
+                raise KeyboardInterrupt
     return history
 
 
@@ -331,6 +383,34 @@ def load_dataset(config: TrainConfig) -> Dataset:
     if config.dataset == "digits":
         return load_digits()
     return load_mnist(config.data_dir, download=config.download)
+
+
+# -- distributed (gpucnn.distributed): the run's communicator, data on every machine ----------
+def _communicator(config: TrainConfig, backend, comm, log):
+    """-> (the run's communicator, a log that prints on rank 0 only). One process unless
+    --distributed under mpiexec; the global batch must split evenly over the ranks."""
+    if comm is None:
+        comm = get_communicator(backend) if config.distributed else SingleProcess()
+    if config.distributed and comm.size == 1:
+        warnings.warn("--distributed in 1 process (plain python or mpiexec -n 1): training as usual; "
+                      "for N processes launch: mpiexec -n N python -m mpi4py scripts/train.py --distributed ...",
+                      RuntimeWarning, stacklevel=3)
+    if config.batch_size % comm.size:  # the same on every rank: all refuse, rank 0 says it
+        lower, higher = config.batch_size // comm.size * comm.size, (config.batch_size // comm.size + 1) * comm.size
+        raise FlagError(f"--batch-size {config.batch_size} is the global batch, split evenly over the "
+                        f"{comm.size} processes: it must be a multiple of {comm.size}; pass --batch-size "
+                        + (f"{lower} or {higher}" if lower else f"{higher}"))
+    return comm, main_process_log(comm, log)
+
+
+def _load_dataset_once_per_machine(config: TrainConfig, comm):
+    """load_dataset(); with --download and several ranks, the first rank of each machine
+    loads (and downloads) first, the others read the files it wrote."""
+    if not (config.download and comm.size > 1):
+        return load_dataset(config)
+    data = load_dataset(config) if comm.local_rank == 0 else None
+    comm.barrier()
+    return load_dataset(config) if data is None else data
 
 
 def check_resume(config: TrainConfig, meta: dict) -> None:
@@ -349,7 +429,7 @@ def check_resume(config: TrainConfig, meta: dict) -> None:
                         f"pass --epochs {done + 1} or more to continue")
 
 
-def run(config: TrainConfig, log=print) -> dict:
+def run(config: TrainConfig, log=print, comm=None) -> dict:
     """Load data, build or resume the model, train, test; returns the metrics dict
     {"device", "config", "history", "test_loss", "test_acc", "confusion_matrix"}
     (plus "model", "test_labels" and "predictions" for the caller, not for JSON).
@@ -357,17 +437,24 @@ def run(config: TrainConfig, log=print) -> dict:
     Raises ValueError (FlagError, SplitError, CheckpointError, DataError) before any model
     is built when the settings cannot work, and TrainingInterrupted on Ctrl-C, after
     keeping the last completed epoch on disk.
+
+    ``config.distributed`` (or a ``comm`` from gpucnn.distributed): every rank of an MPI
+    launch calls run with the same config and trains its shard of each global batch;
+    only rank 0 logs and writes the checkpoint; every rank returns the same result.
     """
     config.validate()
     checkpoint = load_checkpoint(config.resume) if config.resume else None
     if checkpoint is not None:
         check_resume(config, checkpoint["meta"])
-    log(f"config: {json.dumps(config.applicable())}")
     backend = get_backend(config.device)
+    comm, log = _communicator(config, backend, comm, log)
+    log(f"config: {json.dumps(config.applicable())}")
     log(f"device: {backend.name}" + (" (no usable GPU found, see the warning above)"
                                      if config.device == "gpu" and backend.name == "cpu" else ""))
+    if config.distributed:
+        log(f"distributed: {comm.describe()}")
 
-    data = load_dataset(config)
+    data = _load_dataset_once_per_machine(config, comm)
     init_rng, data_rng = np.random.default_rng(config.seed), data_generator(config.seed)
     splits = plan_splits(data.train_y, data.test_y, config.limit_train, config.val_fraction,
                          config.limit_test, data_rng)
@@ -397,6 +484,7 @@ def run(config: TrainConfig, log=print) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         optimizer.lr = config.lr
         log(f"resumed from {config.resume} after epoch {start_epoch}")
+    comm.bcast_(parameters_of(model) + state_of(model))  # distributed: every rank starts from rank 0's
     if config.verbose:
         log(model.summary((1, *input_shape)))
 
@@ -404,9 +492,9 @@ def run(config: TrainConfig, log=print) -> dict:
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
     val_dev = (backend.asarray(val_x), backend.asarray(val_y))
     history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng,
-                                  start_epoch, history, log)
+                                  start_epoch, history, log, comm)
 
-    test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, num_classes)
+    test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, num_classes, comm=comm)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,
@@ -414,15 +502,22 @@ def run(config: TrainConfig, log=print) -> dict:
             "model": model, "test_labels": test_y, "predictions": predictions}
 
 
-def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log):
+def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log,
+                        comm=None):
     """fit(), saving every completed epoch to --checkpoint. Without --checkpoint the last
     completed epoch is kept in host memory and written to INTERRUPTED_CHECKPOINT on
     Ctrl-C. Either way a Ctrl-C raises TrainingInterrupted naming the file that holds the
-    last completed epoch; a second Ctrl-C during a save leaves the previous file whole."""
+    last completed epoch; a second Ctrl-C during a save leaves the previous file whole.
+    Distributed: only rank 0 saves (every rank holds the same weights)."""
+    comm = SingleProcess() if comm is None else comm
     saved = {"epoch": start_epoch, "path": config.resume if start_epoch else None}
     pending = {"epoch": start_epoch, "arrays": None}  # without --checkpoint: the last epoch, in memory
 
     def on_epoch_end(epoch, hist):
+        if not comm.is_main:  # distributed: rank 0 writes the files (every rank holds the same weights)
+            if config.checkpoint:
+                saved.update(epoch=epoch, path=config.checkpoint)
+            return
         arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist)
         if config.checkpoint:
             write_checkpoint(config.checkpoint, arrays)  # atomic
@@ -433,7 +528,7 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
     try:
         return fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    rng=data_rng, verbose=config.verbose, start_epoch=start_epoch, history=history,
-                   on_epoch_end=on_epoch_end, log=log)
+                   on_epoch_end=on_epoch_end, log=log, comm=comm)
     except KeyboardInterrupt:
         during, note = max(saved["epoch"], pending["epoch"]) + 1, ""
         if pending["arrays"] is not None:
@@ -448,12 +543,13 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
         raise TrainingInterrupted(saved["epoch"], saved["path"], during, note) from None
 
 
-def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000):
-    """Held-out evaluation of host arrays x, y: (loss, accuracy, predictions, confusion matrix)."""
+def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000, comm=None):
+    """Held-out evaluation of host arrays x, y: (loss, accuracy, predictions, confusion matrix);
+    split over the ranks of ``comm`` and added up (see :func:`evaluate`)."""
     from sklearn.metrics import confusion_matrix
 
     backend = model.backend
-    loss, accuracy, predictions = evaluate(model, backend.asarray(x), backend.asarray(y), batch_size)
+    loss, accuracy, predictions = evaluate(model, backend.asarray(x), backend.asarray(y), batch_size, comm)
     return loss, accuracy, predictions, confusion_matrix(y, predictions, labels=np.arange(num_classes))
 
 

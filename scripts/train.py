@@ -4,6 +4,7 @@
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
     python scripts/train.py --device gpu --arch lenet --epochs 5
     python scripts/train.py --checkpoint runs/c.npz --metrics-json runs/c.json --plot runs/c.png
+    mpiexec -n 2 python -m mpi4py scripts/train.py --distributed --batch-size 128   # 2 processes
 
 Every flag is checked before any data loads: a bad value, an output path that cannot
 be written or a checkpoint that cannot be resumed exits with status 2 and one line.
@@ -13,9 +14,11 @@ terminal). Ctrl-C exits with 130 and prints the command that resumes the run.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shlex
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEFAULTS.verbose,
                    help="0: only the final test accuracy, 1: progress bars on a terminal, "
                         "2: one line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes of an MPI launch: mpiexec -n N python "
+                        "-m mpi4py scripts/train.py --distributed ...; --batch-size is the global batch "
+                        "(a multiple of N); on GPUs rank r uses GPU local_rank %% device_count over NCCL; "
+                        "only rank 0 prints and writes files")
     return p
 
 
@@ -117,6 +125,15 @@ def check_args(p, args) -> TrainConfig:
     for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
         if given and args.dataset != "mnist":
             p.error(f"argument {flag}: only used with --dataset mnist, got --dataset {args.dataset}")
+    if args.distributed:
+        from importlib.util import find_spec
+        from gpucnn.distributed import MPI_MISSING
+        if find_spec("mpi4py") is None:
+            p.error(f"argument {MPI_MISSING}")
+    launched, launch_rank = _launched_by_mpiexec()
+    if launched > 1 and not args.distributed and launch_rank == 0:
+        warnings.warn(f"mpiexec started {launched} processes but --distributed is not given: each trains "
+                      "alone on all the data (and they write the same files); add --distributed")
     config = config_from(args)
     try:
         config.validate()  # also probes the --checkpoint folder
@@ -167,7 +184,8 @@ def resume_command(p, args, checkpoint: str) -> str:
         flag = action.option_strings[-1]
         words += [flag] if action.nargs == 0 else [flag, str(value)]
     words += ["--resume", checkpoint, "--checkpoint", args.checkpoint or checkpoint]
-    return "python " + shlex.join(words)
+    launcher = f"mpiexec -n {_job.size} python -m mpi4py " if _job is not None else "python "
+    return launcher + shlex.join(words)
 
 
 # -- output that survives a closed pipe ----------------------------------------------------
@@ -217,9 +235,82 @@ def one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+# -- several processes (--distributed under mpiexec): only rank 0 speaks; all end together ---
+FAILED_RANK_WAIT = 5.0  # seconds a failed rank waits for the others before aborting the job
+_job = None  # the ranks' communicator for ending together; None: one process
+
+
+def _launched_by_mpiexec() -> tuple[int, int]:
+    """(processes, this one's rank) that MPICH's or Open MPI's mpiexec says it started, from
+    the environment it sets (MPI itself is not started); (1, 0) without a launcher."""
+    for size, rank in (("PMI_SIZE", "PMI_RANK"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")):
+        if os.environ.get(size, "").isdigit() and os.environ.get(rank, "").isdigit():
+            return int(os.environ[size]), int(os.environ[rank])
+    return 1, 0
+
+
+def _asks_distributed(argv) -> bool:
+    """--distributed (or an abbreviation of it) among the options in ``argv``."""
+    words = list(argv)
+    words = words[:words.index("--")] if "--" in words else words
+    return any(len(word) > 3 and "--distributed".startswith(word) for word in map(str, words))
+
+
+def start_job(argv):
+    """With --distributed under mpiexec -n N (N > 1): a communicator of the N ranks that
+    nothing but :func:`finish` uses, and, on ranks other than 0, stdout silenced and
+    stderr held (shown by finish only when this rank's failure is news). None otherwise:
+    one process, as without --distributed (mpi4py is not even imported)."""
+    if not _asks_distributed(argv):
+        return None
+    from gpucnn.distributed import get_communicator
+    try:
+        job = get_communicator()
+    except ImportError:
+        return None  # check_args says how to install mpi4py
+    if job.size == 1:
+        return None
+    if not job.is_main:
+        sys.stdout = open(os.devnull, "w")
+        sys.stderr = io.StringIO()
+    return job
+
+
+def finish(job, code: int) -> int:
+    """End this rank with the others: every rank gives its exit status. When all arrive,
+    the job exits with the highest status, after a rank other than 0 that failed while
+    rank 0 did not has told why. When a failed rank waits in vain (the others wait in a
+    collective it left), it tells why and aborts the whole job."""
+    statuses = job.exit_statuses(code, timeout=None if code == 0 else FAILED_RANK_WAIT)
+    if code and not job.is_main and (statuses is None or statuses[1] == 0):
+        held = sys.stderr.getvalue() if isinstance(sys.stderr, io.StringIO) else ""
+        sys.__stderr__.write("".join(f"rank {job.rank}: {line}\n" for line in held.splitlines()))
+        sys.__stderr__.flush()
+    if statuses is None:
+        job.abort(code)
+    job.barrier()  # every message is out before any rank ends
+    job.finalize()
+    return statuses[0]
+
+
 def main(argv=None):
+    global _job
     warnings.formatwarning = one_line_warning  # e.g. the GPU fallback: one line, no source excerpt
     _gone.clear()
+    _job = start_job(sys.argv[1:] if argv is None else argv)
+    if _job is None:
+        return cli(argv)
+    try:
+        code = cli(argv)
+    except SystemExit as exc:  # argparse: a bad flag, --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:  # a failure of this rank alone: the others must not wait for it
+        tell_user(traceback.format_exc().rstrip())
+        code = 1
+    return finish(_job, code)
+
+
+def cli(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -243,7 +334,7 @@ def train(parser, args) -> int:
     except (FlagError, SplitError) as exc:  # found once the labels are known: still a usage error
         tell_user(f"{parser.prog}: error: {exc}")
         return 2
-    except (CheckpointError, DataError, NonFiniteLossError, ValueError) as exc:
+    except (CheckpointError, DataError, NonFiniteLossError, ValueError, ImportError) as exc:
         tell_user(f"error: {exc}")
         return 1
     except OSError as exc:
@@ -253,6 +344,8 @@ def train(parser, args) -> int:
         tell_user(str(exc) + (f"\nresume with: {resume_command(parser, args, exc.checkpoint)}"
                               if exc.checkpoint else ""))
         return 130
+    if _job is not None and not _job.is_main:
+        return 0  # distributed: rank 0 writes the files and prints the result
 
     failed = False
     kept = (f"the trained model is kept in {config.checkpoint}" if config.checkpoint else

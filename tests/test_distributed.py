@@ -5,12 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,62 +15,19 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from gpucnn.backend import get_backend, gpu_status
 from gpucnn.data import batch_slices
-from gpucnn.distributed import (NCCLCommunicator, ShardedSampler, SingleProcess, _CupyNCCL,
+from gpucnn.distributed import (NCCLCommunicator, ShardedSampler, SingleProcess, StopSignal, _CupyNCCL,
                                 allreduce_metrics, gradient_bytes, gradients_of, main_process_log,
                                 parameters_of, ring_allreduce_seconds, shard_range, state_of,
-                                time_allreduce)
+                                step_generator, time_allreduce)
 from gpucnn.train import build_model
+from mpirun import PROGRAMS, run_job, run_mpi
 from standin import standin_backend
 
-REPO = Path(__file__).resolve().parent.parent
-PROGRAMS = REPO / "tests" / "mpi_programs"
 sys.path.insert(0, str(PROGRAMS))
 
 from parity_train import train as parity_train  # noqa: E402
 
 _CUPY, _NO_GPU_REASON = gpu_status()
-
-
-# -- launching real MPI jobs -------------------------------------------------------------------
-def mpiexec(n: int) -> list[str]:
-    """The mpiexec that belongs to this Python's MPI (the mpich wheel puts it next to python)."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    exe = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if exe is None:
-        pytest.fail("mpiexec not found; install MPI with: pip install 'gpucnn[mpi]'")
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
-    flags = []
-    if "Open MPI" in version or "OpenRTE" in version:
-        flags.append("--oversubscribe")
-        if os.geteuid() == 0:
-            flags.append("--allow-run-as-root")
-    return [exe, *flags, "-n", str(n)]
-
-
-def subprocess_env() -> dict:
-    """This worktree's gpucnn and tests/ helpers first; one BLAS thread per rank."""
-    path = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-                MKL_NUM_THREADS="1")
-
-
-def run_job(cmd: list[str], timeout: float):
-    """-> (returncode, stdout, stderr, seconds); a job past ``timeout`` is killed and fails the test."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), cwd=REPO, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and the ranks it started
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s (a hang):\n{err[-3000:]}")
-    return proc.returncode, out, err, time.monotonic() - start
-
-
-def run_mpi(n: int, program: str, *args, timeout: float = 180):
-    cmd = [*mpiexec(n), sys.executable, "-m", "mpi4py", str(PROGRAMS / program), *map(str, args)]
-    return run_job(cmd, timeout)
 
 
 def run_python(code: str, timeout: float = 60):
@@ -105,6 +59,13 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path, n_train, epoc
             for key, expected in reference.items():
                 assert saved[key].dtype == np.float32
                 assert_allclose(saved[key], expected, rtol=1e-5, atol=1e-5, err_msg=f"rank {rank} {key}")
+
+
+def test_fit_on_two_ranks_keeps_weights_and_batchnorm_statistics_equal():
+    """fit(comm=...) as a library call on lenet-bn: rank 0's BatchNorm statistics everywhere."""
+    rc, out, err, _ = run_mpi(2, "fit_batchnorm.py")
+    assert rc == 0, f"fit_batchnorm.py failed (rc {rc}):\n{out}\n{err[-4000:]}"
+    assert sorted(re.findall(r"rank (\d): fit ok", out)) == ["0", "1"], out
 
 
 @pytest.mark.parametrize("mode, code", [("raise", None), ("abort", 7)])
@@ -332,9 +293,13 @@ def test_shards_partition_every_global_batch(n, batch, size):
             # rank order, contiguous slices: concatenated they are the global batch itself
             assert_array_equal(np.concatenate(shards), order[whole])
             sizes = [len(s) for s in shards]
-            assert max(sizes) - min(sizes) <= 1
-            if whole.stop - whole.start == batch:
+            m = whole.stop - whole.start
+            if m == batch:
                 assert sizes == [batch // size] * size
+            else:  # the short last batch: as even as possible over ranks that get 2 or more
+                used = [s for s in sizes if s]
+                assert max(used) - min(used) <= 1 and (min(used) >= 2 or m == 1)
+                assert len(used) == min(size, max(1, m // 2))
         for indices, _ in plans:
             assert indices.dtype == np.int64
 
@@ -351,9 +316,16 @@ def test_one_rank_visits_the_order_a_single_process_uses():
     assert rng_a.bit_generator.state == rng_b.bit_generator.state
 
 
-def test_short_last_batch_smaller_than_the_ranks_leaves_empty_shards():
-    plans = [ShardedSampler(9, 8, r, 4, np.random.default_rng(0)).epoch() for r in range(4)]
-    assert [shards[-1].stop - shards[-1].start for _, shards in plans] == [1, 0, 0, 0]
+@pytest.mark.parametrize("n, batch, size, last", [
+    (9, 8, 4, [1, 0, 0, 0]),      # one image: one rank takes it, as one process does
+    (11, 8, 4, [3, 0, 0, 0]),
+    (19, 16, 2, [3, 0]),          # not 2 / 1: BatchNorm cannot normalise one image
+    (13, 8, 4, [3, 2, 0, 0]),
+    (29, 16, 4, [4, 3, 3, 3]),    # 2 or more for every rank: all of them
+])
+def test_a_short_last_batch_leaves_no_rank_a_single_image(n, batch, size, last):
+    plans = [ShardedSampler(n, batch, r, size, np.random.default_rng(0)).epoch() for r in range(size)]
+    assert [shards[-1].stop - shards[-1].start for _, shards in plans] == last
 
 
 def test_sampler_refuses_a_global_batch_not_divisible_by_the_ranks():
@@ -438,3 +410,50 @@ def test_ring_allreduce_cost_model():
 def test_time_allreduce_returns_seconds():
     seconds = time_allreduce(SingleProcess(), get_backend("cpu"), 1000, repeats=2, warmup=1)
     assert isinstance(seconds, float) and seconds >= 0
+
+
+# -- Ctrl-C and randomness with several ranks (a one-rank stand-in for rank r of 2) ------------
+class RankOfTwo(SingleProcess):
+    """Rank ``rank`` of 2 whose collectives see only itself: enough for what is local."""
+
+    size = 2
+
+    def __init__(self, rank=0):
+        self.rank = rank
+
+
+def deliver_sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs on the main thread at the next bytecode
+
+
+def test_stop_signal_defers_the_first_ctrl_c_with_several_ranks_only():
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignal(SingleProcess()) as stop:  # one process: Ctrl-C raises where it lands
+        assert signal.getsignal(signal.SIGINT) is before and stop.requested() is False
+        with pytest.raises(KeyboardInterrupt):
+            deliver_sigint()
+    with StopSignal(RankOfTwo()) as stop:
+        assert stop.requested() is False
+        deliver_sigint()  # the first: a flag, taken after the step
+        assert stop.flagged and stop.requested() is True
+        with pytest.raises(KeyboardInterrupt):
+            deliver_sigint()  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_step_generator_keeps_the_shared_generator_in_lockstep():
+    rng = np.random.default_rng(3)
+    assert step_generator(rng, SingleProcess()) is rng  # one process: as without distribution
+    shared = [np.random.default_rng(3) for _ in range(2)]  # rank 0's and rank 1's copy
+    firsts = [step_generator(shared[r], RankOfTwo(r)).random(4) for r in (0, 1)]
+    twin = np.random.default_rng(3)
+    twin.integers(2**63 - 1)  # one draw, whatever the rank draws afterwards
+    assert shared[0].bit_generator.state == shared[1].bit_generator.state == twin.bit_generator.state
+    assert not np.array_equal(firsts[0], firsts[1])  # the ranks draw independently
+    again = np.random.default_rng(3)
+    assert_array_equal(step_generator(again, RankOfTwo(0)).random(4), firsts[0])  # reproducible
+
+
+def test_one_process_exit_statuses_are_its_own():
+    assert SingleProcess().exit_statuses(3, timeout=0) == (3, 3)

@@ -11,7 +11,8 @@ import numpy as np
 from numpy.testing import assert_allclose, assert_array_equal
 
 from gpucnn.backend import get_backend
-from gpucnn.distributed import MPICommunicator, allreduce_metrics, get_communicator, time_allreduce
+from gpucnn.distributed import (MPICommunicator, StopSignal, allreduce_metrics, check_lockstep,
+                                get_communicator, step_generator, time_allreduce)
 from standin import standin_backend
 
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
@@ -144,6 +145,35 @@ def main(scratch):
 
     seconds = time_allreduce(comm, get_backend("cpu"), 1000, repeats=3, warmup=1)
     assert isinstance(seconds, float) and seconds >= 0
+
+    # Ctrl-C on one rank (here: rank 2's flag) is seen by every rank at the same step
+    for flagged_rank, expected in ((None, False), (2, True)):
+        with StopSignal(comm) as stop:
+            stop.flagged = rank == flagged_rank
+            assert stop.requested() is expected, (flagged_rank, rank)
+
+    # per-rank generators: independent draws, the shared generator in lockstep
+    shared = np.random.default_rng(7)
+    draws = [step_generator(shared, comm).random() for _ in range(3)]  # (3,) this rank's
+    after = int(shared.integers(2**31))  # the next draw of the shared generator: the same everywhere
+    assert comm.allreduce_scalar(after, "max") == comm.allreduce_scalar(after, "min") == after
+    everyone = comm.allreduce_host(np.eye(size)[rank] * draws[0], "sum")  # (size,) each rank's first draw
+    assert len(set(everyone.tolist())) == size, everyone
+
+    # generators that parted are found, on every rank at once
+    shared = np.random.default_rng(9)
+    check_lockstep(shared, comm)
+    if rank == 1:
+        shared.random()  # one draw too many on one rank
+    try:
+        check_lockstep(shared, comm, " in epoch 3")
+    except RuntimeError as exc:
+        assert "data generators have parted in epoch 3" in str(exc), exc
+    else:
+        raise AssertionError("generators that parted were not found")
+
+    # ending together: every rank's status -> (highest, rank 0's)
+    assert comm.exit_statuses(rank, timeout=60) == (size - 1, 0)
     sys.stdout.write(f"rank {rank}: collectives ok\n")  # one write: lines of ranks may interleave
     sys.stdout.flush()
 
