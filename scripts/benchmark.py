@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import Adam  # noqa: E402
-from gpucnn.train import build_model  # noqa: E402
+from gpucnn.zoo import build_model  # noqa: E402
 
 INPUT_SHAPE = (1, 28, 28)  # MNIST
 CLASSES = 10

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gpucnn.checkpoint import load_checkpoint, save_checkpoint
-from gpucnn.train import NonFiniteLossError, TrainConfig, build_model, fit, make_optimizer, run
+from gpucnn.train import NonFiniteLossError, TrainConfig, fit, make_optimizer, run
+from gpucnn.zoo import build_model
 from standin import standin_backend
 
 REPO_MNIST = str(Path(__file__).resolve().parent.parent / "data" / "mnist")
@@ -190,7 +191,7 @@ def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(terminal, monkey
             return terminal
     stderr = Stderr()
     monkeypatch.setattr(sys, "stderr", stderr)
-    monkeypatch.setattr("gpucnn.train._Progress.DELAY", 0.0)  # draw at once
+    monkeypatch.setattr("gpucnn.report.Progress.DELAY", 0.0)  # draw at once
     model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
     x, y = np.random.default_rng(1).random((256, 1, 8, 8), dtype=np.float32), np.arange(256) % 10
     fit(model, make_optimizer("sgd", model, 0.1), (x, y), epochs=2, batch_size=16, verbose=1)
