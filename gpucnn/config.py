@@ -229,8 +229,8 @@ def check_resume(config: TrainConfig, meta: dict) -> None:
     planned, name = schedule["epochs"], schedule["state"]["name"]
     if config.epochs > planned:
         raise FlagError(f"--epochs {config.epochs}: the {name} schedule of {config.resume} was planned for "
-                        f"{planned} epoch{'s' * (planned != 1)} and its length is fixed; resume with --epochs {planned}, or start "
-                        "a new run to train longer")
+                        f"{planned} epoch{'s' * (planned != 1)} and its length is fixed; resume with "
+                        f"--epochs {planned}, or start a new run to train longer")
     if saved.get("batch_size") != config.batch_size:
         raise FlagError(f"--batch-size {config.batch_size}: the {name} schedule of {config.resume} counts "
                         f"batches of {saved.get('batch_size')}; resume with --batch-size {saved.get('batch_size')}")

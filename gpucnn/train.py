@@ -296,7 +296,8 @@ def run(config: TrainConfig, log=print) -> dict:
     if checkpoint is not None:
         # buffers and step count from the checkpoint; lr, momentum, weight decay: this run's flags
         optimizer.load_state_dict(dict(checkpoint["optimizer_state"], hyper={}))
-    schedule, schedule_epochs = make_run_schedule(config, optimizer, len(batch_slices(len(train_y), config.batch_size)),
+    steps_per_epoch = len(batch_slices(len(train_y), config.batch_size))
+    schedule, schedule_epochs = make_run_schedule(config, optimizer, steps_per_epoch,
                                                   checkpoint["meta"].get("schedule") if checkpoint else None)
     if checkpoint is not None:
         log(f"resumed from {config.resume} after epoch {start_epoch}")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits or your own
+r"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits or your own
 .npz file: a thin CLI over gpucnn.train.
 
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
-    python scripts/train.py --arch lenet-bn --augment shift:2 --schedule onecycle --epochs 15
+    python scripts/train.py --arch lenet-bn --augment shift:2 --schedule onecycle --optimizer adamw \
+        --lr 0.01 --batch-size 128 --epochs 12   # 99.59% on MNIST
     python scripts/train.py --dataset cifar10 --download --arch cifar-small --augment shift:4,flip
     python scripts/train.py --checkpoint runs/c.npz --metrics-json runs/c.json --plot runs/c.png
 

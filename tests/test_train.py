@@ -89,6 +89,29 @@ def test_epoch_transfers_are_bounded_and_independent_of_batch_count(verbose):
     assert per_epoch[16]["to_device"] <= 1 and per_epoch[16]["to_host"] <= 6
 
 
+def test_a_schedule_and_label_smoothing_add_no_transfers():
+    """The schedule is host arithmetic (a float per batch), the smoothed loss stays on the
+    device: an epoch with both makes the transfers of an epoch without them, and the
+    learning rate follows the schedule batch by batch."""
+    from gpucnn.losses import SoftmaxCrossEntropy
+    from gpucnn.schedules import make_schedule
+
+    transfers = []
+    for extras in (False, True):
+        backend = standin_backend()
+        model, opt, train, val, rng = _digits_on(backend, 64)
+        options = {}
+        if extras:
+            options = dict(loss_fn=SoftmaxCrossEntropy(0.1),
+                           schedule=make_schedule("cosine", opt, total_steps=2 * 23, warmup_steps=23))
+        backend.xp.reset_transfers()
+        history = fit(model, opt, train, val, epochs=2, batch_size=64, rng=rng, verbose=0, log=quiet, **options)
+        transfers.append(dict(backend.xp.transfers))
+    assert transfers[0] == transfers[1]
+    assert history[0]["lr"] == pytest.approx(1e-3 * 22 / 23) and history[1]["lr"] < 1e-5  # 1437 images: 23 batches
+    assert options["schedule"].step_count == 46 and opt.lr == 0.0
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     backend = standin_backend()
     model, opt, train, val, rng = _digits_on(backend, 64)
