@@ -5,7 +5,9 @@ Two kinds of host ``.npz`` file hold a model:
 - a training checkpoint (``save_checkpoint``; ``scripts/train.py --checkpoint``): weights
   ("param/0.weight", ...), optimizer buffers ("opt/0.weight/m", ...) and one JSON "meta"
   entry (format, architecture, optimizer hyperparameters, completed epoch, the data
-  generator's state, the run's config and its history): everything an exact resume needs;
+  generator's state, the run's config and its history; from train.run also the images'
+  "input_shape", "num_classes", "class_names" and the learning-rate "schedule"):
+  everything an exact resume needs;
 - a model file (``Sequential.save``): weights and one JSON "architecture" entry.
 
 Every reader here validates the file before trusting it. A missing, empty, truncated or
@@ -40,16 +42,17 @@ class CheckpointError(ValueError):
 
 # -- writing ------------------------------------------------------------------------------
 def checkpoint_arrays(model: Sequential, optimizer, epoch: int, rng: np.random.Generator,
-                      config, history: list) -> dict:
+                      config, history: list, extra: dict | None = None) -> dict:
     """Host copies of everything a checkpoint holds, as the arrays of one .npz
-    (``config``: a dataclass with ``to_dict()`` or a plain dict)."""
+    (``config``: a dataclass with ``to_dict()`` or a plain dict; ``extra``: more JSON-able
+    meta entries, e.g. "input_shape", "num_classes", "class_names", "schedule")."""
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     for key, buffers in opt_state.pop("state").items():
         for name, value in buffers.items():
             arrays[f"opt/{key}/{name}"] = value
-    meta = {"format": CHECKPOINT_FORMAT, "architecture": model.architecture(), "optimizer": opt_state,
-            "epoch": epoch, "rng_state": rng.bit_generator.state,
+    meta = {**(extra or {}), "format": CHECKPOINT_FORMAT, "architecture": model.architecture(),
+            "optimizer": opt_state, "epoch": epoch, "rng_state": rng.bit_generator.state,
             "config": config if isinstance(config, dict) else config.to_dict(), "history": history}
     arrays["meta"] = np.array(json.dumps(meta))
     return arrays
@@ -61,10 +64,11 @@ def write_checkpoint(path, arrays: dict) -> None:
     atomic_savez(path, arrays)
 
 
-def save_checkpoint(path, model, optimizer, epoch, rng, config, history) -> None:
-    """Weights, optimizer state, completed epoch, RNG state, config and history in one
-    host .npz, written atomically; the model stays on its device."""
-    write_checkpoint(path, checkpoint_arrays(model, optimizer, epoch, rng, config, history))
+def save_checkpoint(path, model, optimizer, epoch, rng, config, history, extra=None) -> None:
+    """Weights, optimizer state, completed epoch, RNG state, config and history (and the
+    ``extra`` meta entries) in one host .npz, written atomically; the model stays on its
+    device."""
+    write_checkpoint(path, checkpoint_arrays(model, optimizer, epoch, rng, config, history, extra))
 
 
 # -- reading ------------------------------------------------------------------------------

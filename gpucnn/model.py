@@ -83,12 +83,17 @@ class Sequential:
         """dL/d(output) -> dL/dx; fills every layer's grads.
 
         ``need_input_grad=False`` skips the first layer's dL/dx (training needs
-        no gradient w.r.t. the images) and returns None.
+        no gradient w.r.t. the images) and returns None; layers without parameters
+        before the first one with parameters (a Normalize in front) are then not
+        run backward at all.
         """
-        for position in range(len(self._order) - 1, -1, -1):
+        stop = 0
+        if not need_input_grad:  # the first position that has something to train
+            stop = next((p for p, i in enumerate(self._order) if self.layers[i].params), len(self._order))
+        for position in range(len(self._order) - 1, stop - 1, -1):
             layer = self.layers[self._order[position]]
-            dy = layer.backward(dy, need_input_grad=need_input_grad or position > 0)
-        return dy
+            dy = layer.backward(dy, need_input_grad=need_input_grad or position > stop)
+        return dy if need_input_grad else None
 
     # -- a list of layers, as torch.nn.Sequential ---------------------------------------
     def __len__(self) -> int:

@@ -134,7 +134,10 @@ def run_figure(result: dict):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right", framealpha=0.95)
 
-    kernels = to_host(result["model"].layers[0].params["weight"])  # (C_out, C_in, kh, kw)
+    convs = [layer for layer in result["model"].layers if getattr(layer.params.get("weight"), "ndim", 0) == 4]
+    if not convs:  # e.g. a JSON architecture of Dense layers: no kernels to show
+        return fig
+    kernels = to_host(convs[0].params["weight"])  # (C_out, C_in, kh, kw); a Normalize layer may come first
     ax = fig.add_subplot(grid[0, 2])
     limit = float(np.abs(kernels[:, 0]).max()) or 1.0
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")

@@ -1,44 +1,42 @@
-"""Training as library functions: build_model, fit, evaluate and run(config), which the
-thin CLI in scripts/train.py calls. No argparse here; checkpoints live in checkpoint.py,
-the choice of train / validation / test images in splits.py."""
+"""Training as library functions: evaluate, train_epoch, fit and run(config), which the
+thin CLI in scripts/train.py calls. No argparse here. What defines a run is in
+config.py, checkpoints in checkpoint.py, the choice of train / validation / test images
+in splits.py, the architectures in zoo.py, what the user sees in report.py."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import sys
 import time
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import numpy as np
 
+from . import datasets
+from .augment import parse_augment
 from .backend import get_backend
-from .checkpoint import (CheckpointError, check_output_path, checkpoint_arrays, load_checkpoint,  # noqa: F401
+from .checkpoint import (CheckpointError, checkpoint_arrays, load_checkpoint,  # noqa: F401
                          load_trained_model, save_checkpoint, write_checkpoint)
-from .data import Dataset, batch_slices, check_labels, load_digits, load_mnist
+from .config import FlagError, TrainConfig, check_resume, make_optimizer
+from .data import Dataset, batch_slices, check_labels
+from .datasets import channel_stats
 from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
-                          get_communicator, gradients_of, main_process_log, parameters_of, shard_range, state_of)
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+                          get_communicator, gradients_of, main_process_log, parameters_of, shard_range,
+                          state_of, step_generator)
+from .layers import Dropout, Normalize
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
-from .optim import SGD, Adam
 from .random import default_generator
+from .report import Progress, format_confusion, format_epoch, stderr_is_terminal, write_metrics_json
+from .schedules import make_schedule
 from .splits import SplitError, data_generator, plan_splits
+from .zoo import build_model
 
-ARCHS = ("simple", "lenet")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-DATASETS = ("mnist", "digits")
-DEVICES = ("auto", "cpu", "gpu")
 INTERRUPTED_CHECKPOINT = "gpucnn-interrupted.npz"  # where Ctrl-C saves when there is no --checkpoint
+MIN_STD = 1e-6  # a channel whose std is below this is constant: Normalize divides it by 1
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training stopped, the last good checkpoint is kept."""
-
-
-class FlagError(ValueError):
-    """A setting that cannot work with this data or this checkpoint (the CLI exits with 2)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -52,127 +50,26 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted during epoch {during}; {where}{note}")
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; the CLI flags map one to one onto these fields."""
-
-    device: str = "auto"
-    dataset: str = "mnist"
-    data_dir: str = "data/mnist"
-    download: bool = False
-    arch: str = "simple"
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    seed: int = 0
-    limit_train: int | None = None
-    limit_test: int | None = None
-    val_fraction: float = 0.1
-    checkpoint: str | None = None
-    resume: str | None = None
-    verbose: int = 1
-    distributed: bool = False  # data-parallel over the ranks of an MPI launch (gpucnn.distributed)
-
-    # flags that must match when resuming: they define the data and the model
-    RUN_DEFINING = ("dataset", "arch", "optimizer", "seed", "limit_train", "val_fraction")
-
-    def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first bad field (before any data is loaded); checks
-        that the --checkpoint path can be written by writing (and deleting) a probe file."""
-        def fail(name, expected):
-            raise ValueError(f"--{name.replace('_', '-')} expected {expected}, got {getattr(self, name)!r}")
-        for name, choices in (("device", DEVICES), ("dataset", DATASETS), ("arch", ARCHS),
-                              ("optimizer", OPTIMIZERS)):
-            if getattr(self, name) not in choices:
-                fail(name, f"one of {', '.join(choices)}")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "a positive integer")
-        if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
-            fail("lr", "a positive finite number")
-        if not 0 <= self.momentum < 1:
-            fail("momentum", "a number in [0, 1)")
-        for name in ("limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                fail(name, "a positive integer (or leave it out for all samples)")
-        if not 0 < self.val_fraction < 1:
-            fail("val_fraction", "a fraction strictly between 0 and 1")
-        if self.verbose not in (0, 1, 2):
-            fail("verbose", "0 (quiet), 1 (progress bars) or 2 (one line per epoch)")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", "a non-negative integer")
-        if not isinstance(self.distributed, bool):
-            fail("distributed", "True or False")
-        if self.checkpoint is not None:
-            try:
-                check_output_path(self.checkpoint)
-            except ValueError as exc:
-                raise ValueError(f"--checkpoint: {exc}") from None
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def applicable(self) -> dict:
-        """The settings that matter for this run (what the run prints): no data folder
-        for digits, no momentum unless the optimizer uses it, nothing left unset."""
-        settings = self.to_dict()
-        if self.dataset != "mnist":
-            del settings["data_dir"], settings["download"]
-        if self.optimizer != "momentum":
-            del settings["momentum"]
-        if not self.distributed:
-            del settings["distributed"]
-        return {k: v for k, v in settings.items() if v is not None}
-
-
-# -- models -------------------------------------------------------------------------------
-def build_model(arch: str, input_shape: tuple, num_classes: int, rng: np.random.Generator,
-                dtype=np.float32) -> Sequential:
-    """``simple``: the course's conv-pool-softmax network; ``lenet``: a deeper LeNet-5-style
-    network. ``input_shape`` is (C, H, W); weights are drawn from ``rng`` on the host."""
-    channels, height, width = input_shape
-    if arch == "simple":
-        # Conv 5x5 (valid) -> ReLU -> 2x2 max pool -> Flatten -> Dense softmax classifier
-        conv_h, conv_w = height - 4, width - 4
-        return Sequential([
-            Conv2D(channels, 32, 5, padding="valid", dtype=dtype, rng=rng), ReLU(), MaxPool2D(2),
-            Flatten(), Dense(32 * (conv_h // 2) * (conv_w // 2), num_classes, dtype=dtype, rng=rng),
-        ])
-    if arch == "lenet":
-        # LeNet-5 layout with wider layers; the second conv pads only for small (8x8) inputs
-        h, w = height // 2, width // 2
-        second_padding = "valid" if min(h, w) >= 8 else "same"
-        if second_padding == "valid":
-            h, w = h - 4, w - 4
-        return Sequential([
-            Conv2D(channels, 16, 5, padding=2, dtype=dtype, rng=rng), ReLU(), MaxPool2D(2),
-            Conv2D(16, 32, 5, padding=second_padding, dtype=dtype, rng=rng), ReLU(), MaxPool2D(2),
-            Flatten(), Dense(32 * (h // 2) * (w // 2), 128, dtype=dtype, rng=rng, init="he"), ReLU(),
-            Dense(128, num_classes, dtype=dtype, rng=rng),
-        ])
-    raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-
-
-def make_optimizer(name: str, model: Sequential, lr: float, momentum: float = 0.9):
-    if name == "sgd":
-        return SGD(model, lr)
-    if name == "momentum":
-        return SGD(model, lr, momentum=momentum)
-    if name == "adam":
-        return Adam(model, lr)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-
-
 # -- the loops ----------------------------------------------------------------------------
-def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
-    """Mean loss, accuracy and host predictions of ``model`` on device arrays x, y.
+@contextmanager
+def eval_mode(model: Sequential):
+    """Evaluation mode inside the block (BatchNorm's running statistics, no Dropout); the
+    model's and every layer's previous mode come back after it, also on an exception."""
+    modes = [(model, model.training)] + [(layer, layer.training) for layer in model.layers]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for owner, mode in modes:
+            owner.training = mode
 
-    Everything accumulates on the device; two downloads in total, whatever the size.
+
+def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
+    """Mean cross-entropy, accuracy and host predictions of ``model`` on device arrays x, y,
+    in evaluation mode (the previous mode is restored after).
+
+    The loss is the plain cross-entropy, also when training smooths the labels (as timm
+    validates). Everything accumulates on the device; two downloads in total.
     With a communicator of N ranks (gpucnn.distributed), each rank evaluates its
     contiguous part of x and the loss sums and predictions are added over the ranks:
     every rank returns the numbers one process computes, and every prediction.
@@ -184,11 +81,12 @@ def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
     part = shard_range(n, comm.rank, comm.size)  # this rank's images: all of them for one process
     loss_sum = xp.zeros((), dtype=np.float64)
     predictions = xp.empty(part.stop - part.start, dtype=np.int64)
-    for batch in batch_slices(part.stop - part.start, batch_size):
-        images = slice(part.start + batch.start, part.start + batch.stop)
-        logits = model.forward(x[images])
-        loss_sum += loss_fn.forward(logits, y[images]) * (batch.stop - batch.start)
-        predictions[batch] = logits.argmax(axis=1)
+    with eval_mode(model):
+        for batch in batch_slices(part.stop - part.start, batch_size):
+            images = slice(part.start + batch.start, part.start + batch.stop)
+            logits = model.forward(x[images])
+            loss_sum += loss_fn.forward(logits, y[images]) * (batch.stop - batch.start)
+            predictions[batch] = logits.argmax(axis=1)
     predictions = model.backend.to_numpy(predictions)
     loss_sum = float(model.backend.to_numpy(loss_sum))
     if comm.size > 1:  # distributed: every rank gets the sums and all the predictions
@@ -201,8 +99,14 @@ def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
     return mean_loss, accuracy, predictions
 
 
-def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=None, sampler=None, stop=None):
+def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_fn=None, augment=None,
+                schedule=None, comm=None, sampler=None, stop=None):
     """One pass over device arrays x (N, C, H, W), y (N,) in a fresh random order.
+
+    ``loss_fn``: a SoftmaxCrossEntropy (label smoothing; plain by default); ``augment``:
+    called as augment(xb, rng) on each gathered batch; ``schedule``: stepped after every
+    optimizer step. ``rng`` alone draws the order, the augmentations and (through the
+    model's Dropout layers) the masks, so restoring its state replays them.
 
     Returns (per-batch losses, batch sizes, correct count) on the host. Inside the
     batch loop nothing is copied between host and device: the shuffled order is
@@ -221,12 +125,23 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=Non
     order = backend.asarray(indices)  # (n,) one upload per epoch
     batch_losses = xp.zeros(len(shards), dtype=np.float32)
     correct = xp.zeros((), dtype=np.int64)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
+    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+    per_step_randomness = augment is not None or (dropouts and comm.size > 1)
     for b, shard in enumerate(shards):
         count = shard.stop - shard.start  # this rank's part of the global batch (may be 0)
+        # one process: rng itself. N ranks: a generator of this rank's own for this step, from
+        # one draw on every rank, so the shuffling generator stays in lockstep (and is not
+        # touched at all when nothing draws per step: N ranks then train as one process)
+        step_rng = step_generator(rng, comm) if per_step_randomness else rng
+        if comm.size > 1:
+            for layer in dropouts:  # distributed: per-rank masks
+                layer.rng = step_rng
         if count:
             batch = order[shard]
             xb, yb = x[batch], y[batch]  # gathered on the device
+            if augment is not None:
+                xb = augment(xb, step_rng)  # (B, C, H, W), drawn on the device from one host draw
             logits = model.forward(xb)
             batch_losses[b] = loss_fn.forward(logits, yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
@@ -234,6 +149,8 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=Non
         if comm.size > 1:  # distributed: every rank's gradients become the mean over the global batch
             comm.allreduce_mean_(gradients_of(model), weight=count)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()  # the rate of the next batch
         if progress is not None:
             progress(b, batch_losses, correct, shard.stop)
         if stop is not None and stop.requested():  # Ctrl-C: every rank after the same step
@@ -245,44 +162,6 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, comm=Non
         sizes, correct = sums["size"], sums["correct"]
         losses = sums["loss"] / sizes
     return losses, sizes, correct
-
-
-def _stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # replaced or closed stream
-        return False
-
-
-class _Progress:
-    """tqdm bar over the batches of one epoch, on stderr; the live loss/accuracy postfix is
-    refreshed at most twice a second, so its device->host reads depend on wall time, not
-    on the number of batches."""
-
-    DELAY = 0.5  # seconds before the first draw: the epoch line before it may still be in `| tee`
-
-    def __init__(self, total, desc, backend):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        file=sys.stderr, delay=self.DELAY)
-        self.backend = backend
-        self.last = 0.0
-
-    def __call__(self, b, batch_losses, correct, seen):
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self.last > 0.5:
-            self.last = now
-            recent = self.backend.to_numpy(batch_losses[max(0, b - 20):b + 1])
-            self.bar.set_postfix(loss=f"{recent.mean():.4f}",
-                                 acc=f"{int(self.backend.to_numpy(correct)) / seen:.2%}", refresh=False)
-
-    def close(self):
-        try:
-            self.bar.close()
-        except OSError:  # the terminal went away: the bar has nowhere to go
-            pass
 
 
 def _to_device(model, data, name):
@@ -307,12 +186,18 @@ def _to_device(model, data, name):
 
 
 def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, verbose=2,
-        start_epoch=0, history=None, on_epoch_end=None, log=print, comm=None):
+        start_epoch=0, history=None, on_epoch_end=None, log=print, loss_fn=None, augment=None,
+        schedule=None, comm=None):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
     initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
     after each epoch (None: no validation). Host numpy arrays are uploaded once to the
     model's device; device arrays are used as they are. ``rng`` (a numpy Generator; None:
-    gpucnn's default generator) shuffles every epoch.
+    gpucnn's default generator) shuffles every epoch and draws the augmentations.
+
+    Each epoch trains in training mode and validates in evaluation mode (BatchNorm's
+    running statistics, no Dropout). ``loss_fn``, ``augment``, ``schedule``: as
+    :func:`train_epoch` takes them (a schedule adds "lr", the rate of the epoch's last
+    batch, to the history).
 
     Returns the history: one dict per epoch (train_loss, train_acc, val_loss, val_acc,
     seconds, images_per_s; no val_* without ``val``). ``verbose``: 0 silent, 1 a progress
@@ -335,13 +220,15 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     if val is not None:
         val = _to_device(model, val, "val")
     sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng)
-    show_bar = verbose == 1 and comm.is_main and _stderr_is_terminal()
+    show_bar = verbose == 1 and comm.is_main and stderr_is_terminal()
     with StopSignal(comm) as stop:  # distributed: Ctrl-C stops every rank after the same step
         for epoch in range(start_epoch + 1, epochs + 1):
-            progress = _Progress(len(sampler), f"epoch {epoch}/{epochs}", model.backend) if show_bar else None
+            progress = Progress(len(sampler), f"epoch {epoch}/{epochs}", model.backend) if show_bar else None
             start = time.perf_counter()
+            model.train()
             try:
                 losses, sizes, correct = train_epoch(model, optimizer, x, y, batch_size, rng, progress,
+                                                     loss_fn=loss_fn, augment=augment, schedule=schedule,
                                                      comm=comm, sampler=sampler, stop=stop)
             finally:
                 if progress is not None:
@@ -359,6 +246,8 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
                 comm.bcast_(state_of(model))
             if val is not None:
                 record["val_loss"], record["val_acc"], _ = evaluate(model, *val, comm=comm)
+            if schedule is not None:
+                record["lr"] = schedule.lr_at(schedule.step_count - 1)  # the rate of the epoch's last batch
             model.backend.synchronize()
             seconds = time.perf_counter() - start
             record.update(seconds=seconds, images_per_s=len(y) / seconds)  # all ranks' images
@@ -372,17 +261,11 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     return history
 
 
-def format_epoch(r: dict, epochs: int) -> str:
-    val = f"val_loss {r['val_loss']:.4f}  val_acc {r['val_acc']:.2%}  " if "val_loss" in r else ""
-    return (f"epoch {r['epoch']}/{epochs}  train_loss {r['train_loss']:.4f}  train_acc {r['train_acc']:.2%}  "
-            f"{val}{r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
-
-
 # -- the whole job ------------------------------------------------------------------------
 def load_dataset(config: TrainConfig) -> Dataset:
-    if config.dataset == "digits":
-        return load_digits()
-    return load_mnist(config.data_dir, download=config.download)
+    """The run's Dataset: a named set (from ``config.data_dir``, downloaded when allowed)
+    or the .npz file ``config.dataset`` names."""
+    return datasets.load(config.dataset, config.data_dir, download=config.download)
 
 
 # -- distributed (gpucnn.distributed): the run's communicator, data on every machine ----------
@@ -413,20 +296,41 @@ def _load_dataset_once_per_machine(config: TrainConfig, comm):
     return load_dataset(config) if data is None else data
 
 
-def check_resume(config: TrainConfig, meta: dict) -> None:
-    """FlagError unless the checkpoint ``meta`` can continue as ``config`` asks: the same
-    data and model, and fewer epochs done than ``config.epochs``."""
-    saved = meta["config"]
-    for name in TrainConfig.RUN_DEFINING:
-        if saved.get(name) != getattr(config, name):
-            raise FlagError(
-                f"--resume {config.resume}: the checkpoint was trained with --{name.replace('_', '-')} "
-                f"{saved.get(name)!r}, this run asks for {getattr(config, name)!r}; "
-                "resume with the same value or start a new run")
-    done = meta["epoch"]
-    if done >= config.epochs:
-        raise FlagError(f"{config.resume} already holds {done} epoch{'s' * (done != 1)}; "
-                        f"pass --epochs {done + 1} or more to continue")
+def build_run_model(config: TrainConfig, data: Dataset, train_x: np.ndarray, init_rng, data_rng) -> Sequential:
+    """``config.arch`` for the data's images and classes, weights from ``init_rng``, Dropout
+    masks from ``data_rng``; with ``config.normalize`` a Normalize layer first, holding the
+    per-channel mean and std of ``train_x`` (the training split only), so that the model
+    takes raw images. A JSON architecture that starts with a Normalize layer gets these
+    statistics instead of its own (with --no-normalize it keeps its own).
+
+    Raises FlagError naming the first layer that does not fit the data."""
+    try:
+        model = build_model(config.arch, data.input_shape, data.num_classes, init_rng, dropout_rng=data_rng)
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
+    if not config.normalize:
+        return model
+    layers = model.layers[1:] if isinstance(model.layers[0], Normalize) else model.layers
+    mean, std = channel_stats(train_x)
+    std = [s if s > MIN_STD else 1.0 for s in std]  # a constant channel is only centred
+    return Sequential([Normalize(mean, std), *layers])
+
+
+def make_run_schedule(config: TrainConfig, optimizer, steps_per_epoch: int, saved: dict | None):
+    """(the learning-rate schedule, the epochs it spans). Its length is fixed when the run
+    starts (``config.epochs``); a resumed run continues the saved one (``saved``: the
+    checkpoint's "schedule" entry), at the rate the --lr of this run sets."""
+    epochs = saved["epochs"] if saved is not None and config.schedule != "constant" else config.epochs
+    try:
+        schedule = make_schedule(config.schedule, optimizer, total_steps=epochs * steps_per_epoch,
+                                 warmup_steps=config.warmup_epochs * steps_per_epoch)
+    except ValueError as exc:
+        raise FlagError(f"--schedule {config.schedule}: {exc}") from None
+    if saved is not None:
+        schedule.load_state_dict(saved["state"])
+        schedule.base_lr = config.lr
+        optimizer.lr = schedule.lr
+    return schedule, epochs
 
 
 def run(config: TrainConfig, log=print, comm=None) -> dict:
@@ -435,7 +339,7 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     (plus "model", "test_labels" and "predictions" for the caller, not for JSON).
 
     Raises ValueError (FlagError, SplitError, CheckpointError, DataError) before any model
-    is built when the settings cannot work, and TrainingInterrupted on Ctrl-C, after
+    is trained when the settings cannot work, and TrainingInterrupted on Ctrl-C, after
     keeping the last completed epoch on disk.
 
     ``config.distributed`` (or a ``comm`` from gpucnn.distributed): every rank of an MPI
@@ -462,15 +366,16 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     val_x, val_y = data.train_x[splits.val], data.train_y[splits.val]
     test_x, test_y = ((data.test_x, data.test_y) if splits.test is None
                       else (data.test_x[splits.test], data.test_y[splits.test]))
-    num_classes, input_shape = data.num_classes, data.input_shape
-    del data  # the splits are copies: let the full training arrays go (peak memory)
     for name, labels in (("train", train_y), ("validation", val_y), ("test", test_y)):
-        check_labels(labels, num_classes, name)
-    log(f"data: {config.dataset}: {len(train_y)} train, {len(val_y)} validation, {len(test_y)} test images "
-        f"of shape {input_shape}")
+        check_labels(labels, data.num_classes, name)
+    log(f"data: {data.name or config.dataset}: {len(train_y)} train, {len(val_y)} validation, "
+        f"{len(test_y)} test images of shape {data.input_shape}")
+    about_data = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                  "class_names": list(data.class_names) if data.class_names else None}
+    model = build_run_model(config, data, train_x, init_rng, data_rng)
+    del data  # the splits are copies: let the full training arrays go (peak memory)
 
-    model = build_model(config.arch, input_shape, num_classes, init_rng)
-    optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum)
+    optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum, config.weight_decay)
     start_epoch, history = 0, []
     if checkpoint is not None:
         if checkpoint["meta"]["architecture"] != model.architecture():
@@ -481,20 +386,31 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
         data_rng.bit_generator.state = checkpoint["meta"]["rng_state"]
     model.to(backend)
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
-        optimizer.lr = config.lr
+        # buffers and step count from the checkpoint; lr, momentum, weight decay: this run's flags
+        optimizer.load_state_dict(dict(checkpoint["optimizer_state"], hyper={}))
+    steps_per_epoch = len(batch_slices(len(train_y), config.batch_size))
+    schedule, schedule_epochs = make_run_schedule(config, optimizer, steps_per_epoch,
+                                                  checkpoint["meta"].get("schedule") if checkpoint else None)
+    if checkpoint is not None:
         log(f"resumed from {config.resume} after epoch {start_epoch}")
     comm.bcast_(parameters_of(model) + state_of(model))  # distributed: every rank starts from rank 0's
     if config.verbose:
-        log(model.summary((1, *input_shape)))
+        log(model.summary((1, *about_data["input_shape"])))
 
+    def run_meta():  # what a checkpoint records besides the weights and the optimizer
+        return {**about_data, "schedule": {"epochs": schedule_epochs, "state": schedule.state_dict()}}
+
+    augment = parse_augment(config.augment)
+    fit_options = dict(loss_fn=SoftmaxCrossEntropy(config.label_smoothing), schedule=schedule,
+                       augment=augment if augment else None)
     # upload once: every batch is sliced on the device
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
     val_dev = (backend.asarray(val_x), backend.asarray(val_y))
     history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng,
-                                  start_epoch, history, log, comm)
+                                  start_epoch, history, log, run_meta, fit_options, comm)
 
-    test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, num_classes, comm=comm)
+    test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, about_data["num_classes"],
+                                                               comm=comm)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,
@@ -503,7 +419,7 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
 
 
 def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log,
-                        comm=None):
+                        run_meta, fit_options, comm=None):
     """fit(), saving every completed epoch to --checkpoint. Without --checkpoint the last
     completed epoch is kept in host memory and written to INTERRUPTED_CHECKPOINT on
     Ctrl-C. Either way a Ctrl-C raises TrainingInterrupted naming the file that holds the
@@ -518,7 +434,7 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
             if config.checkpoint:
                 saved.update(epoch=epoch, path=config.checkpoint)
             return
-        arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist)
+        arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist, run_meta())
         if config.checkpoint:
             write_checkpoint(config.checkpoint, arrays)  # atomic
             saved.update(epoch=epoch, path=config.checkpoint)
@@ -528,7 +444,7 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
     try:
         return fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
                    rng=data_rng, verbose=config.verbose, start_epoch=start_epoch, history=history,
-                   on_epoch_end=on_epoch_end, log=log, comm=comm)
+                   on_epoch_end=on_epoch_end, log=log, comm=comm, **fit_options)
     except KeyboardInterrupt:
         during, note = max(saved["epoch"], pending["epoch"]) + 1, ""
         if pending["arrays"] is not None:
@@ -544,8 +460,9 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
 
 
 def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000, comm=None):
-    """Held-out evaluation of host arrays x, y: (loss, accuracy, predictions, confusion matrix);
-    split over the ranks of ``comm`` and added up (see :func:`evaluate`)."""
+    """Held-out evaluation of host arrays x, y in evaluation mode: (loss, accuracy,
+    predictions, confusion matrix); split over the ranks of ``comm`` and added up (see
+    :func:`evaluate`)."""
     from sklearn.metrics import confusion_matrix
 
     backend = model.backend
@@ -553,31 +470,7 @@ def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int =
     return loss, accuracy, predictions, confusion_matrix(y, predictions, labels=np.arange(num_classes))
 
 
-def format_confusion(matrix: np.ndarray) -> str:
-    width = max(4, len(str(matrix.max())) + 1)
-    header = " " * 4 + "".join(f"{c:>{width}}" for c in range(len(matrix)))
-    rows = [f"{r:>3} " + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]
-    return "\n".join([header, *rows])
-
-
-def write_metrics_json(path, result: dict) -> None:
-    """The metrics JSON: device, config, history, test_loss, test_acc, confusion_matrix
-    (written to a temp file, then renamed)."""
-    keys = ("device", "config", "history", "test_loss", "test_acc", "confusion_matrix")
-    payload = json.dumps({k: result[k] for k in keys}, indent=2)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(payload + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 __all__ = ["TrainConfig", "FlagError", "SplitError", "CheckpointError", "NonFiniteLossError",
-           "TrainingInterrupted", "build_model", "make_optimizer", "fit", "evaluate", "run",
+           "TrainingInterrupted", "make_optimizer", "fit", "evaluate", "eval_mode", "train_epoch", "run",
            "save_checkpoint", "load_checkpoint", "load_trained_model", "held_out_report",
            "format_confusion", "write_metrics_json"]

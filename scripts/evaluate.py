@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Evaluate a trained model on held-out test images: loss, accuracy and the confusion matrix.
 
     python scripts/evaluate.py runs/simple.npz              # on the data it was trained on
@@ -6,20 +5,22 @@
 
 A training checkpoint (from train.py --checkpoint) records its dataset, data folder and
 test subset (--limit-test): they are used unless a flag says otherwise. A model file
-(Sequential.save) records none: mnist unless --dataset says otherwise.
+(Sequential.save) records none: mnist unless --dataset says otherwise. The model takes
+raw images: a run's input normalisation is its first layer.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gpucnn.train import DATASETS, DEVICES  # noqa: E402
+from gpucnn.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
 
-DEFAULT_DATA_DIR = REPO / "data" / "mnist"
+DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
 
 def positive_int(text):
@@ -36,10 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a training checkpoint (train.py --checkpoint) or a model file (Sequential.save)")
-    p.add_argument("--dataset", choices=DATASETS,
-                   help="the test images to use (default: the checkpoint's dataset; mnist for a model file)")
+    p.add_argument("--dataset", metavar="NAME|FILE.npz",
+                   help=f"the test images to use: {', '.join(DATASETS)} or a .npz file "
+                        "(default: the checkpoint's dataset; mnist for a model file)")
     p.add_argument("--data-dir", metavar="DIR",
-                   help=f"folder of the MNIST IDX files (default: the checkpoint's, else {DEFAULT_DATA_DIR})")
+                   help=f"folder of the dataset's files, only with --dataset {', '.join(FILE_DATASETS)} "
+                        f"(default: the checkpoint's, else {DATA_ROOT}/<dataset>)")
     p.add_argument("--download", action="store_true",
                    help="fetch missing dataset files from the public mirrors, checksum-verified")
     p.add_argument("--limit-test", type=positive_int, metavar="N",
@@ -56,7 +59,9 @@ def choose_data(args, recorded: dict | None):
     """(dataset, data_dir, limit_test, recorded-or-None, one line saying where they came from)."""
     dataset = args.dataset or (recorded["dataset"] if recorded else "mnist")
     same = recorded is not None and recorded.get("dataset") == dataset
-    data_dir = args.data_dir or (recorded.get("data_dir") if same else None) or str(DEFAULT_DATA_DIR)
+    data_dir = None
+    if dataset in FILE_DATASETS:
+        data_dir = args.data_dir or (recorded.get("data_dir") if same else None) or str(DATA_ROOT / dataset)
     limit_test = args.limit_test if args.limit_test is not None else (recorded.get("limit_test") if same else None)
     if recorded is None:
         source = ("chosen by --dataset" if args.dataset else
@@ -66,6 +71,21 @@ def choose_data(args, recorded: dict | None):
     else:
         source = "as recorded in the checkpoint" + (", test subset from --limit-test" if args.limit_test else "")
     return dataset, data_dir, limit_test, recorded if same else None, source
+
+
+def check_dataset_flags(p, args, dataset: str) -> None:
+    """Exit 2 unless ``dataset`` is a name or an existing .npz file, and --data-dir /
+    --download are given only for a dataset read from a data folder."""
+    if dataset.lower().endswith(".npz"):
+        if not os.path.isfile(dataset):
+            p.error(f"argument --dataset: {dataset}: no such file")
+    elif dataset not in DATASETS:
+        p.error(f"argument --dataset: expected one of {', '.join(DATASETS)} or the path of a .npz file, "
+                f"got {dataset!r}")
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
+        if given and dataset not in FILE_DATASETS:
+            p.error(f"argument {flag}: only used with --dataset {', '.join(FILE_DATASETS)}, "
+                    f"the dataset is {dataset}")
 
 
 def main(argv=None):
@@ -78,19 +98,19 @@ def main(argv=None):
     except CheckpointError as exc:
         p.error(f"argument model: {exc}")
     dataset, data_dir, limit_test, recorded, source = choose_data(args, meta and meta["config"])
-    for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
-        if given and dataset != "mnist":
-            p.error(f"argument {flag}: only used with --dataset mnist, the dataset is {dataset}")
+    check_dataset_flags(p, args, dataset)
 
+    from gpucnn import datasets
     from gpucnn.backend import get_backend
-    from gpucnn.data import DataError, check_labels, load_digits, load_mnist
+    from gpucnn.data import check_labels
+    from gpucnn.report import format_confusion
     from gpucnn.splits import SplitError, data_generator, plan_splits
-    from gpucnn.train import format_confusion, held_out_report
+    from gpucnn.train import held_out_report
 
     try:
-        data = load_digits() if dataset == "digits" else load_mnist(data_dir, download=args.download)
+        data = datasets.load(dataset, data_dir, download=args.download)
         check_labels(data.test_y, data.num_classes, "test")
-    except DataError as exc:
+    except datasets.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # the same draws as the training run: its test subset, whatever else it limited
@@ -104,8 +124,11 @@ def main(argv=None):
     kind = f"checkpoint after epoch {meta['epoch']}" if meta else "model file"
     print(f"model: {args.model} ({kind})")
     print(f"data: {dataset} test images ({source})")
+    trained_on = meta.get("input_shape") if meta else None  # (C, H, W), in checkpoints since issue 10
     try:
         model.summary((1, *data.input_shape))  # refuses a model built for other images
+        if trained_on is not None and tuple(trained_on) != data.input_shape:
+            raise ValueError(f"it was trained on images of shape {tuple(trained_on)}")
     except ValueError as exc:
         print(f"error: {args.model} does not take {dataset} images of shape {data.input_shape} ({exc}); "
               "pass the --dataset it was trained on", file=sys.stderr)

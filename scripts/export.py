@@ -4,22 +4,18 @@
     python scripts/export.py runs/simple.npz runs/simple.onnx
     python scripts/export.py model.npz model.onnx --input-shape 1 28 28 --check
 
-A checkpoint knows its images' shape from its dataset; a model file whose first layer
-does not fix it (a Conv2D knows C, not H and W) needs --input-shape C H W.
+A checkpoint records its images' shape (C, H, W); a model file whose first layer does
+not fix it (a Conv2D knows C, not H and W) needs --input-shape C H W. A run's input
+normalisation is the model's first layer, so the ONNX file takes raw images too.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-# (C, H, W) of the images of each dataset a checkpoint can name in its config
-DATASET_INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8),
-                        "cifar10": (3, 32, 32)}
 
 
 def positive_int(text: str) -> int:
@@ -30,20 +26,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def checkpoint_input_shape(path) -> tuple | None:
-    """(C, H, W) from a training checkpoint's meta, or None for a Sequential.save file
-    (or a checkpoint of a dataset whose shape is not known here)."""
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as data:
-        if "meta" not in data.files:
-            return None
-        meta = json.loads(str(data["meta"]))
-    if meta.get("input_shape"):
-        return tuple(meta["input_shape"])
-    return DATASET_INPUT_SHAPES.get(meta.get("config", {}).get("dataset"))
 
 
 def check_against_onnxruntime(model, path, input_shape, batch: int = 8) -> float:
@@ -76,17 +58,18 @@ def main(argv=None):
     if not Path(args.model).is_file():
         p.error(f"argument model: no file at {args.model}")
 
+    from gpucnn.checkpoint import CheckpointError, read_model, rebuild
     from gpucnn.export import to_onnx
-    from gpucnn.train import load_trained_model
 
     try:
-        model = load_trained_model(args.model)
-    except Exception as exc:  # np.load raises OSError, ValueError, zipfile.BadZipFile, EOFError, ...
-        print(f"error: cannot read {args.model} as a gpucnn checkpoint or model file "
-              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        architecture, params, meta = read_model(args.model)
+        model = rebuild(architecture, params, args.model)
+    except CheckpointError as exc:
+        print(f"error: cannot read {args.model} as a gpucnn checkpoint or model file ({exc})", file=sys.stderr)
         return 1
+    recorded = meta.get("input_shape") if meta else None  # (C, H, W): checkpoints since issue 10
     try:
-        input_shape = tuple(args.input_shape) if args.input_shape else checkpoint_input_shape(args.model)
+        input_shape = tuple(args.input_shape or recorded or ()) or None
         proto = to_onnx(model, args.output, input_shape=input_shape, opset=args.opset)
     except (ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

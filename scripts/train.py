@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Train a CNN on MNIST (or scikit-learn's 8x8 digits): a thin CLI over gpucnn.train.
+r"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits or your own
+.npz file: a thin CLI over gpucnn.train.
 
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
-    python scripts/train.py --device gpu --arch lenet --epochs 5
+    python scripts/train.py --arch lenet-bn --augment shift:2 --schedule onecycle --optimizer adamw \
+        --lr 0.01 --batch-size 128 --epochs 12   # 99.59% on MNIST
+    python scripts/train.py --dataset cifar10 --download --arch cifar-small --augment shift:4,flip
     python scripts/train.py --checkpoint runs/c.npz --metrics-json runs/c.json --plot runs/c.png
     mpiexec -n 2 python -m mpi4py scripts/train.py --distributed --batch-size 128   # 2 processes
 
@@ -25,10 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 
-from gpucnn.train import ARCHS, DATASETS, DEVICES, OPTIMIZERS, TrainConfig  # noqa: E402
+from gpucnn.config import (ARCHS, DEVICES, FILE_DATASETS, OPTIMIZERS, SCHEDULE_NAMES,  # noqa: E402
+                           TrainConfig)
 
 DEFAULTS = TrainConfig()
-DEFAULT_DATA_DIR = REPO / "data" / "mnist"
+DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -59,42 +63,73 @@ def number(convert, accept, expected):
 positive_int = number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = number(float, lambda v: 0 <= v < float("inf"), "a non-negative number")
 open_fraction = number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
-momentum_value = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+unit_interval = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.strip(), formatter_class=HelpFormatter)
     p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
                    help="auto: the GPU when usable; gpu without one falls back to the CPU with a warning")
-    p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset,
-                   help="mnist: 28x28 handwritten digits (files in --data-dir); "
-                        "digits: scikit-learn's bundled 8x8 digits, no files needed")
+    # data
+    p.add_argument("--dataset", default=DEFAULTS.dataset, metavar="NAME|FILE.npz",
+                   help=f"{', '.join(FILE_DATASETS)}: files in --data-dir; digits: scikit-learn's bundled "
+                        "8x8 digits, no files; or your own .npz file holding x_train, y_train, x_test, y_test "
+                        "(images (N, H, W[, C]), uint8 or float in [0, 1])")
     p.add_argument("--data-dir", metavar="DIR",
-                   help=f"folder of the MNIST IDX files, only with --dataset mnist (default: {DEFAULT_DATA_DIR})")
+                   help=f"folder of the dataset's files, only with --dataset {', '.join(FILE_DATASETS)} "
+                        f"(default: {DATA_ROOT}/<dataset>)")
     p.add_argument("--download", action="store_true",
                    help="fetch missing dataset files from the public mirrors, checksum-verified")
-    p.add_argument("--arch", choices=ARCHS, default=DEFAULTS.arch,
-                   help="simple: conv-pool-softmax; lenet: deeper, more accurate")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, metavar="N",
-                   help="total epochs, also when resuming")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, metavar="N",
-                   help="images per training step")
-    p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
-                   help="sgd: plain gradient descent; momentum: SGD with --momentum; adam: Adam")
-    p.add_argument("--momentum", type=momentum_value, metavar="BETA",
-                   help=f"momentum of --optimizer momentum, only with it (default: {DEFAULTS.momentum})")
-    p.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed,
-                   help="seeds the weights, the data subsets, the validation split and the batch order")
     p.add_argument("--limit-train", type=positive_int, metavar="N",
                    help="train (and validate) on a stratified subset of N training images (default: all)")
     p.add_argument("--limit-test", type=positive_int, metavar="N",
                    help="test on a stratified subset of N test images (default: all)")
     p.add_argument("--val-fraction", type=open_fraction, default=DEFAULTS.val_fraction, metavar="F",
                    help="fraction of the training images held out for validation (stratified)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=DEFAULTS.normalize,
+                   help="first layer: Normalize by the training split's per-channel mean and std, saved "
+                        "with the model, so it takes raw images [0, 1] (default: on)")
+    p.add_argument("--augment", default=DEFAULTS.augment, metavar="SPEC",
+                   help="training-batch augmentation: shift:K (random translation by up to K pixels), "
+                        "flip (random horizontal mirror; refused for mnist and digits: a mirrored digit is "
+                        "another symbol), both with a comma (shift:4,flip), or none")
+    # model and training
+    p.add_argument("--arch", default=DEFAULTS.arch, metavar="NAME|FILE.json",
+                   help=f"{', '.join(ARCHS)}, or a JSON file holding the layer list that "
+                        "Sequential.architecture() writes; checked against the data's shapes before training")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, metavar="N",
+                   help="total epochs, also when resuming")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, metavar="N",
+                   help="images per training step")
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr,
+                   help="learning rate; the peak rate of a --schedule")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
+                   help="sgd: plain gradient descent; momentum / nesterov: SGD with (Nesterov) --momentum; "
+                        "adam: Adam; adamw: Adam with decoupled weight decay")
+    p.add_argument("--momentum", type=unit_interval, metavar="BETA",
+                   help=f"momentum of --optimizer momentum or nesterov, only with them "
+                        f"(default: {DEFAULTS.momentum})")
+    p.add_argument("--weight-decay", type=non_negative_float, metavar="W",
+                   help="L2 penalty added to the gradient (sgd, momentum, nesterov, adam: as torch), "
+                        "decoupled decay for adamw (default: 0, and 0.01 for adamw)")
+    p.add_argument("--label-smoothing", type=unit_interval, default=DEFAULTS.label_smoothing, metavar="E",
+                   help="train against (1 - E) * one-hot + E / classes, as torch; validation and test "
+                        "losses stay plain cross-entropy")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, default=DEFAULTS.schedule,
+                   help="learning rate per batch: constant; step (x0.1 after each third); cosine (to 0); "
+                        "onecycle (rises for 30%%, then falls). It spans the --epochs of the first run, "
+                        "so a run with a step, cosine or onecycle schedule resumes only up to those epochs")
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=DEFAULTS.warmup_epochs, metavar="N",
+                   help="raise the rate linearly from 0 over the first N epochs; not with onecycle, "
+                        "which warms up itself")
+    p.add_argument("--seed", type=non_negative_int, default=DEFAULTS.seed,
+                   help="seeds the weights, the data subsets, the validation split, the batch order, "
+                        "the augmentations and the dropout masks")
+    # files
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="save weights, optimizer and RNG state after every epoch (atomically)")
+                   help="save weights, optimizer, schedule and RNG state after every epoch (atomically)")
     p.add_argument("--resume", metavar="PATH", help="continue from a --checkpoint file")
     p.add_argument("--metrics-json", metavar="PATH", help="write history and test metrics as JSON")
     p.add_argument("--plot", metavar="PATH",
@@ -113,18 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args) -> TrainConfig:
     fields = {k: v for k, v in vars(args).items() if k not in ("metrics_json", "plot")}
     fields["momentum"] = DEFAULTS.momentum if args.momentum is None else args.momentum
-    fields["data_dir"] = str(DEFAULT_DATA_DIR) if args.data_dir is None else args.data_dir
+    if args.data_dir is None and args.dataset in FILE_DATASETS:
+        fields["data_dir"] = str(DATA_ROOT / args.dataset)  # the checkout's data, from any working folder
     return TrainConfig(**fields)
 
 
 def check_args(p, args) -> TrainConfig:
     """Everything that can be checked without loading data; exits with 2 on the first problem."""
     # nothing the user gives is silently ignored
-    if args.momentum is not None and args.optimizer != "momentum":
-        p.error(f"argument --momentum: only used with --optimizer momentum, got --optimizer {args.optimizer}")
-    for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
-        if given and args.dataset != "mnist":
-            p.error(f"argument {flag}: only used with --dataset mnist, got --dataset {args.dataset}")
+    if args.momentum is not None and args.optimizer not in ("momentum", "nesterov"):
+        p.error(f"argument --momentum: only used with --optimizer momentum or nesterov, "
+                f"got --optimizer {args.optimizer}")
     if args.distributed:
         from importlib.util import find_spec
         from gpucnn.distributed import MPI_MISSING
@@ -162,7 +196,7 @@ def check_args(p, args) -> TrainConfig:
 
     if args.resume:
         from gpucnn.checkpoint import CheckpointError, load_checkpoint
-        from gpucnn.train import FlagError, check_resume
+        from gpucnn.config import FlagError, check_resume
         try:
             check_resume(config, load_checkpoint(args.resume)["meta"])
         except (CheckpointError, FlagError) as exc:
@@ -180,6 +214,9 @@ def resume_command(p, args, checkpoint: str) -> str:
             continue
         value = getattr(args, action.dest)
         if value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            words.append(action.option_strings[0] if value else action.option_strings[1])  # --x / --no-x
             continue
         flag = action.option_strings[-1]
         words += [flag] if action.nargs == 0 else [flag, str(value)]
@@ -326,7 +363,9 @@ def train(parser, args) -> int:
     from gpucnn.checkpoint import CheckpointError
     from gpucnn.data import DataError
     from gpucnn.splits import SplitError
-    from gpucnn.train import FlagError, NonFiniteLossError, TrainingInterrupted, run, write_metrics_json
+    from gpucnn.config import FlagError
+    from gpucnn.report import write_metrics_json
+    from gpucnn.train import NonFiniteLossError, TrainingInterrupted, run
 
     log = say if config.verbose else (lambda *a, **k: None)
     try:

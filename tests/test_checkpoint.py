@@ -12,7 +12,8 @@ import gpucnn
 from gpucnn.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_output_path, checkpoint_arrays,
                                load_checkpoint, load_trained_model, read_model, save_checkpoint,
                                write_checkpoint)
-from gpucnn.train import TrainConfig, build_model, make_optimizer
+from gpucnn.config import TrainConfig, make_optimizer
+from gpucnn.zoo import build_model
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gpucnn.datasets
+import gpucnn.report
 import gpucnn.train
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.data import DataError
@@ -86,14 +88,17 @@ def test_every_option_has_help_and_each_default_shows_once(script):
         flag = (action.option_strings or [action.dest])[-1]
         block = next(b for b in blocks if re.search(rf"(^|, ){re.escape(flag)}\b", b.strip()))
         assert block.count("(default:") <= 1, block
-    assert text.count(str(train_cli.DEFAULT_DATA_DIR)) == 1
+    assert text.count(f"{train_cli.DATA_ROOT}/<dataset>") == 1
 
 
 def test_help_shows_whole_descriptions_and_the_data_dir_and_momentum_defaults_once():
     train_help = train_cli.build_parser().format_help()
     assert re.search(r"--seed SEED .*\(default: 0\)", " ".join(train_help.split()))
-    assert re.search(r"--momentum BETA\s+momentum of --optimizer momentum, only with it\s+\(default: 0\.9\)",
-                     train_help)
+    flat = " ".join(train_help.split())
+    assert "--momentum BETA momentum of --optimizer momentum or nesterov, only with them (default: 0.9)" in flat
+    assert "(default: 0, and 0.01 for adamw)" in flat and flat.count("(default: 0, and 0.01") == 1
+    assert "resumes only up to those epochs" in flat  # a fixed-length schedule cannot be stretched
+    assert "--normalize, --no-normalize" in flat and "raw images [0, 1] (default: on)" in flat
     evaluate_help = evaluate_cli.build_parser().format_help()
     assert "loss, accuracy and the confusion matrix." in evaluate_help
     assert "mnist unless --dataset says otherwise." in evaluate_help
@@ -110,9 +115,10 @@ def test_help_shows_whole_descriptions_and_the_data_dir_and_momentum_defaults_on
     (["--resume", "no/such/file.npz"], "argument --resume: no/such/file.npz: no such file"),
     (["--epochs", "2", "--bogus"], "unrecognized arguments: --bogus"),
     (["--momentum", "1.2", "--optimizer", "momentum"], "argument --momentum: expected a number in [0, 1), got '1.2'"),
-    (["--momentum", "0.5"], "argument --momentum: only used with --optimizer momentum, got --optimizer adam"),
-    (["--dataset", "digits", "--data-dir", "x"], "argument --data-dir: only used with --dataset mnist"),
-    (["--dataset", "digits", "--download"], "argument --download: only used with --dataset mnist"),
+    (["--momentum", "0.5"], "argument --momentum: only used with --optimizer momentum or nesterov, got --optimizer adam"),
+    (["--dataset", "digits", "--data-dir", "x"],
+     "argument --data-dir: only used with --dataset mnist, fashion-mnist or cifar10, got --dataset digits"),
+    (["--dataset", "digits", "--download"], "argument --download: only used with --dataset mnist, fashion-mnist"),
 ])
 def test_bad_flags_exit_2_with_one_line_before_loading_data(flags, message, capsys, no_data):
     status, out, err = main(train_cli, flags, capsys)
@@ -152,7 +158,7 @@ def test_bad_output_paths_exit_2_naming_the_flag_before_loading_data(case, tmp_p
 def test_an_output_failing_after_training_keeps_the_checkpoint_and_says_so(flag, tmp_path, capsys, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(gpucnn.train, "write_metrics_json", disk_full)
+    monkeypatch.setattr(gpucnn.report, "write_metrics_json", disk_full)
     monkeypatch.setattr("gpucnn.plot.plot_run", disk_full)
     ckpt, out_file = tmp_path / "c.npz", tmp_path / ("m.json" if flag == "--metrics-json" else "p.png")
     status, out, err = main(train_cli, ["--dataset", "digits", "--epochs", "1", "--verbose", "0",
@@ -338,6 +344,7 @@ def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_tha
     config = json.loads(out.splitlines()[0].removeprefix("config: "))
     assert config["dataset"] == "digits" and config["epochs"] == 3
     assert not {"data_dir", "download", "momentum", "resume", "limit_train"} & set(config)
+    assert config["weight_decay"] == 0 and config["schedule"] == "constant" and config["normalize"] is True
     assert "device: cpu" in out and "Total" in out and "confusion matrix" in out
     assert sum(line.startswith("epoch ") for line in out.splitlines()) == 3
     assert out.splitlines()[-1].startswith("test accuracy: ")
@@ -346,7 +353,7 @@ def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_tha
     assert m["device"] == "cpu" and m["config"]["epochs"] == 3 and m["config"]["dataset"] == "digits"
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
     for h in m["history"]:
-        assert set(h) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s"}
+        assert set(h) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"}
         assert 0 <= h["train_acc"] <= 1 and 0 <= h["val_acc"] <= 1
     matrix = np.array(m["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.dtype.kind == "i"
@@ -361,7 +368,14 @@ def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_tha
 def test_applicable_settings_follow_dataset_and_optimizer():
     mnist = TrainConfig(optimizer="momentum").applicable()
     assert mnist["data_dir"] == "data/mnist" and mnist["download"] is False and mnist["momentum"] == 0.9
+    assert mnist["weight_decay"] == 0.0 and mnist["warmup_epochs"] == 0
     assert "momentum" not in TrainConfig().applicable()
+    assert TrainConfig(optimizer="nesterov", momentum=0.8).applicable()["momentum"] == 0.8
+    assert TrainConfig(optimizer="adamw").applicable()["weight_decay"] == 0.01  # the effective value
+    assert TrainConfig(optimizer="adamw", weight_decay=0.0).applicable()["weight_decay"] == 0.0
+    assert "warmup_epochs" not in TrainConfig(schedule="onecycle").applicable()
+    for dataset in ("digits", "my.npz"):
+        assert not {"data_dir", "download"} & set(TrainConfig(dataset=dataset).applicable())
 
 
 def test_download_is_off_unless_asked(tmp_path, capsys, monkeypatch):
@@ -370,7 +384,7 @@ def test_download_is_off_unless_asked(tmp_path, capsys, monkeypatch):
     def fake_load_mnist(data_dir, download=True):
         calls.append(download)
         raise DataError(f"MNIST files missing in {data_dir}")
-    monkeypatch.setattr(gpucnn.train, "load_mnist", fake_load_mnist)
+    monkeypatch.setitem(gpucnn.datasets._FILE_LOADERS, "mnist", fake_load_mnist)
     for flags in ([], ["--download"]):
         status, _, err = main(train_cli, ["--data-dir", tmp_path, "--verbose", "0", *flags], capsys)
         assert status == 1 and error_lines(err) == [f"error: MNIST files missing in {tmp_path}"]
@@ -381,6 +395,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     status, _, err = main(train_cli, ["--data-dir", tmp_path, "--verbose", "0"], capsys)
     assert status == 1
     assert "MNIST files missing in" in err and "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+    assert "put them there" in err and "--download" in err  # both remedies
 
 
 # -- 13: evaluate.py uses the checkpoint's data ----------------------------------------------

@@ -20,7 +20,8 @@ from gpucnn import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequentia
 from gpucnn.backend import to_host
 from gpucnn.export import to_onnx
 from gpucnn.layers import Layer
-from gpucnn.train import ARCHS, TrainConfig, build_model, run
+from gpucnn.train import TrainConfig, run
+from gpucnn.zoo import ARCHS, build_model
 from standin import StandInArray, standin_backend
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gpucnn.checkpoint import load_checkpoint, save_checkpoint
-from gpucnn.train import NonFiniteLossError, TrainConfig, build_model, fit, make_optimizer, run
+from gpucnn.train import NonFiniteLossError, TrainConfig, fit, make_optimizer, run
+from gpucnn.zoo import build_model
 from standin import standin_backend
 
 REPO_MNIST = str(Path(__file__).resolve().parent.parent / "data" / "mnist")
@@ -86,6 +87,29 @@ def test_epoch_transfers_are_bounded_and_independent_of_batch_count(verbose):
         per_epoch[batch_size] = {k: v / 2 for k, v in backend.xp.transfers.items()}
     assert per_epoch[16] == per_epoch[256]
     assert per_epoch[16]["to_device"] <= 1 and per_epoch[16]["to_host"] <= 6
+
+
+def test_a_schedule_and_label_smoothing_add_no_transfers():
+    """The schedule is host arithmetic (a float per batch), the smoothed loss stays on the
+    device: an epoch with both makes the transfers of an epoch without them, and the
+    learning rate follows the schedule batch by batch."""
+    from gpucnn.losses import SoftmaxCrossEntropy
+    from gpucnn.schedules import make_schedule
+
+    transfers = []
+    for extras in (False, True):
+        backend = standin_backend()
+        model, opt, train, val, rng = _digits_on(backend, 64)
+        options = {}
+        if extras:
+            options = dict(loss_fn=SoftmaxCrossEntropy(0.1),
+                           schedule=make_schedule("cosine", opt, total_steps=2 * 23, warmup_steps=23))
+        backend.xp.reset_transfers()
+        history = fit(model, opt, train, val, epochs=2, batch_size=64, rng=rng, verbose=0, log=quiet, **options)
+        transfers.append(dict(backend.xp.transfers))
+    assert transfers[0] == transfers[1]
+    assert history[0]["lr"] == pytest.approx(1e-3 * 22 / 23) and history[1]["lr"] < 1e-5  # 1437 images: 23 batches
+    assert options["schedule"].step_count == 46 and opt.lr == 0.0
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -190,7 +214,7 @@ def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(terminal, monkey
             return terminal
     stderr = Stderr()
     monkeypatch.setattr(sys, "stderr", stderr)
-    monkeypatch.setattr("gpucnn.train._Progress.DELAY", 0.0)  # draw at once
+    monkeypatch.setattr("gpucnn.report.Progress.DELAY", 0.0)  # draw at once
     model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
     x, y = np.random.default_rng(1).random((256, 1, 8, 8), dtype=np.float32), np.arange(256) % 10
     fit(model, make_optimizer("sgd", model, 0.1), (x, y), epochs=2, batch_size=16, verbose=1)
