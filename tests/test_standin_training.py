@@ -91,10 +91,12 @@ def test_every_optimizer_and_arch_trains_on_the_standin_as_on_numpy(arch, optimi
                              verbose=0, log=quiet))
     # the stand-in keeps CuPy's layouts, so BLAS sums in another order: float32 rounding that
     # Adam's per-weight scaling and BatchNorm amplify in the wide nets (measured: up to 5e-4)
-    rel = 2e-3 if arch in ("lenet-bn", "cifar-small") else 1e-4
+    # (and so one validation image of 200 may flip class)
+    wide = arch in ("lenet-bn", "cifar-small")
     for host, dev in zip(*histories):
         for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
-            assert dev[key] == pytest.approx(host[key], rel=rel, abs=1e-6), key
+            tolerance = dict(rel=2e-3, abs=0.006 if key.endswith("acc") else 1e-6) if wide else dict(rel=1e-4, abs=1e-6)
+            assert dev[key] == pytest.approx(host[key], **tolerance), key
 
 
 @pytest.fixture
