@@ -5,7 +5,9 @@ separately: each layer's forward and backward (in the order Sequential runs them
 the loss (forward and backward) and the optimizer step, and prints them as a table
 with each part's share of the step. The backend is synchronised before every clock
 read, so the table also holds on a GPU (where the synchronisations slow the step
-down a little).
+down a little). It also counts the minor page faults of each part (Linux): memory
+the allocator took back from the OS and must map again, zeroed, before the part can
+write it; on a virtual machine each costs microseconds.
 
 The FLOP count is that of the matrix multiplies a step cannot avoid, from the layer
 shapes: per image, a convolution makes 2*C_out*C_in*kh*kw*OH*OW forward FLOPs, a Dense
@@ -16,6 +18,11 @@ from __future__ import annotations
 
 import statistics
 import time
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 from gpucnn.layers import Conv2D, Dense
 from gpucnn.model import execution_order
@@ -48,13 +55,15 @@ class StepProfile:
         self.clock = clock
         self.order = execution_order(model.layers)
         self.seconds: dict[str, list[float]] = {}
+        self.faults: dict[str, list[int]] = {}
 
     def _timed(self, name, fn, *args, **kwargs):
         self.backend.synchronize()
-        start = self.clock()
+        faults, start = minor_faults(), self.clock()
         result = fn(*args, **kwargs)
         self.backend.synchronize()
         self.seconds.setdefault(name, []).append(self.clock() - start)
+        self.faults.setdefault(name, []).append(minor_faults() - faults)
         return result
 
     def _name(self, i, direction):
@@ -73,10 +82,17 @@ class StepProfile:
         self._timed("optimizer step", self.optimizer.step)
 
     def rows(self) -> list[dict]:
-        """One row per part, in step order: median seconds per step and share of their sum."""
+        """One row per part, in step order: median seconds per step, share of their sum,
+        mean page faults per step."""
         medians = {name: statistics.median(s) for name, s in self.seconds.items()}
         total = sum(medians.values())
-        return [{"part": name, "ms": 1e3 * sec, "share": sec / total} for name, sec in medians.items()]
+        return [{"part": name, "ms": 1e3 * sec, "share": sec / total,
+                 "page_faults": statistics.fmean(self.faults[name])} for name, sec in medians.items()]
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not say)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def profile_step(model, loss, optimizer, backend, x, y, steps: int, warmup: int,
@@ -94,7 +110,8 @@ def profile_step(model, loss, optimizer, backend, x, y, steps: int, warmup: int,
 def profile_table(rows, batch: int) -> str:
     """The profile as a Markdown table, the step's total (sum of medians) last."""
     total_ms = sum(r["ms"] for r in rows)
-    lines = ["| part | ms per step | share |", "|---|---|---|"]
-    lines += [f"| {r['part']} | {r['ms']:.3f} | {100 * r['share']:.1f}% |" for r in rows]
-    lines.append(f"| **step** | **{total_ms:.3f}** | {batch / (total_ms * 1e-3):,.0f} img/s |")
+    lines = ["| part | ms per step | share | page faults |", "|---|---|---|---|"]
+    lines += [f"| {r['part']} | {r['ms']:.3f} | {100 * r['share']:.1f}% | {r['page_faults']:.0f} |" for r in rows]
+    lines.append(f"| **step** | **{total_ms:.3f}** | {batch / (total_ms * 1e-3):,.0f} img/s | "
+                 f"{sum(r['page_faults'] for r in rows):.0f} |")
     return "\n".join(lines)

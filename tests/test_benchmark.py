@@ -63,13 +63,14 @@ def test_benchmark_profile_lists_every_layer_the_loss_and_the_optimizer(tmp_path
     out = tmp_path / "profile.json"
     stdout = run_benchmark("--profile", "--archs", "lenet", "--batch-sizes", "4", "--steps", "2",
                            "--warmup", "1", "--threads", "1", "--cpu-time", "--json", str(out))
-    assert "| part | ms per step | share |" in stdout
+    assert "| part | ms per step | share | page faults |" in stdout
     parts = json.loads(out.read_text())["profiles"][0]["parts"]
     names = [p["part"] for p in parts]
     assert len(names) == 2 * 10 + 3  # 10 layers forward and backward, loss twice, optimizer
     assert names[0].endswith("Conv2D 1->16 5x5 p2 forward") and names[-1] == "optimizer step"
     assert "loss forward" in names and "loss backward" in names
     assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    assert all(p["page_faults"] >= 0 for p in parts)
 
 
 def test_profile_runs_the_same_training_step_as_the_model():
