@@ -56,12 +56,13 @@ def plot_scaling(points, path, title=""):
     by_batch.set_xticks(batches, labels=[str(b) for b in batches])
     by_side.set(yscale="log", xlabel=f"image side, pixels (batch {side_batch})", ylabel="training images/s")
     by_side.legend(fontsize=7)
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
     for ax in (by_batch, by_side):
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_locator(NullLocator())
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=90)
