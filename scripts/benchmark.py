@@ -39,7 +39,6 @@ DROPPED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPE
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -53,6 +52,7 @@ from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
 from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
+from measure import SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
 from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
 from scaling import plot_scaling, scaling_points, scaling_table  # noqa: E402
 from torch_twin import TorchCase  # noqa: E402
@@ -62,29 +62,6 @@ INPUT_SHAPES = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32,
                 "cifar-small": (3, 32, 32)}
 CLASSES = 10
 LEARNING_RATES = {"momentum": 0.01, "adam": 1e-3}
-
-
-# -- memory ---------------------------------------------------------------------------------
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- the cases ------------------------------------------------------------------------------
@@ -131,55 +108,6 @@ def make_cases(arch, batch, input_shape, backend, torch, optimizer) -> dict:
     return cases
 
 
-# -- timing ---------------------------------------------------------------------------------
-def measure(cases: dict, mode: str, batch: int, steps: int, warmup: int, repeats: int,
-            clock=time.perf_counter) -> dict:
-    """Median images/s per case; repeats interleaved across the cases."""
-    for case in cases.values():
-        getattr(case, f"{mode}_steps")(warmup)
-    seconds = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, case in cases.items():
-            start = clock()
-            getattr(case, f"{mode}_steps")(steps)
-            seconds[name].append(clock() - start)
-    return {name: batch * steps / statistics.median(s) for name, s in seconds.items()}
-
-
-class SgemmPeak:
-    """FLOP/s of a 1024x1024 float32 matrix multiply through NumPy's BLAS: the median of
-    every timing taken so far. ``measure`` runs before every case, so machine noise during a
-    long run spreads over the samples instead of deciding the peak once."""
-
-    SIZE = 1024
-
-    def __init__(self, clock=time.perf_counter):
-        self.clock, self.seconds = clock, []
-        a = np.random.default_rng(2).random((self.SIZE, self.SIZE), dtype=np.float32)
-        self.a, self.b, self.out = a, a.T.copy(), np.empty_like(a)
-        np.matmul(self.a, self.b, out=self.out)  # warm-up
-
-    def measure(self, repeats: int) -> None:
-        for _ in range(repeats):
-            start = self.clock()
-            np.matmul(self.a, self.b, out=self.out)
-            self.seconds.append(self.clock() - start)
-
-    @property
-    def flops(self) -> float:
-        return 2 * self.SIZE**3 / statistics.median(self.seconds)
-
-
-def peak_memory(case, backend_name, steps) -> float | None:
-    """Peak RSS (MiB) while the case trains on the CPU; the GPU memory pool's size otherwise."""
-    if backend_name == "gpu":
-        return case.backend.device_memory_bytes() / 2**20
-    if not reset_peak_rss():
-        return None
-    case.train_steps(steps)
-    return peak_rss_mib()
-
-
 def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmPeak | None = None) -> dict:
     cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer)
     row = {"arch": arch, "batch": batch, "input": list(input_shape), "device": backend.name}
@@ -197,17 +125,6 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmP
     if "torch" in cases:
         row["torch_peak_mib"] = peak_memory(cases["torch"], "cpu", args.steps)
     return row
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # -- the command line -----------------------------------------------------------------------
