@@ -1,82 +1,89 @@
 #!/usr/bin/env python
 """Training and evaluation throughput of gpucnn, side by side with PyTorch on the CPU.
 
-For each network (simple, lenet) and batch size, on every available gpucnn backend:
-steady-state images/s of full training steps (forward, loss, backward, Adam step) and
-of evaluation (forward only), the median of several repeats after warm-up steps.
-When torch is installed the identical network runs in PyTorch on the CPU in the same
-process, its repeats interleaved with gpucnn's so machine noise hits both, with the
-same number of threads for both. Timings are printed, never asserted.
+For each network and batch size, on every available gpucnn backend: steady-state
+images/s of full training steps (forward, loss, backward, SGD with momentum 0.9, or
+Adam with --optimizer adam) and of evaluation (forward only, eval mode), the median of
+several repeats after warm-up steps. The identical network runs in PyTorch on the CPU
+in the same process, its repeats interleaved with gpucnn's so machine noise hits both,
+with the same number of threads for both. The run also measures this machine's SGEMM
+peak (a 1024x1024 float32 matrix multiply through NumPy's BLAS) and prints the share of
+it that each training step reaches: the matrix-multiply FLOPs per image (see
+scripts/profile_step.py) times images/s, over the peak. Then it sweeps batch size and
+image size for simple and lenet (--plot draws the sweep). Timings are printed, never
+asserted.
 
-    python scripts/benchmark.py                       # full table (a few minutes)
+    python scripts/benchmark.py                       # full tables (several minutes)
     python scripts/benchmark.py --quick               # a smoke run (CI)
-    python scripts/benchmark.py --device gpu --json bench.json
+    python scripts/benchmark.py --profile --archs lenet --batch-sizes 64 --threads 1
+    python scripts/benchmark.py --plot docs/scaling.png
     python scripts/benchmark.py --gpu-model           # predicted GPU bounds, no GPU needed
     python scripts/benchmark.py --ranks 2 --archs simple --batch-sizes 64   # data-parallel scaling
 
+``--profile`` times each layer's forward and backward, the loss and the optimizer step
+instead. ``--cpu-time`` reads the process's CPU time instead of the wall clock: on a
+shared machine, with --threads 1, it is the steadier clock for comparing two versions.
 ``--gpu-model`` times nothing: it counts one training step's kernel launches, bytes and
 FLOPs with the CuPy stand-in and prints the lower bounds they put on a GPU step
 (scripts/gpu_model.py): a prediction, not a measurement.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# OpenBLAS reads these when NumPy loads it. Some machines (this project's development VM)
+# set OPENBLAS_CORETYPE=Haswell for old OpenBLAS builds, which makes current NumPy pick a
+# slower kernel; a user's machine would not have them, so the benchmark drops them.
+DROPPED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+               if name in os.environ}
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
-from gpucnn.optim import Adam  # noqa: E402
+from gpucnn.optim import SGD, Adam  # noqa: E402
 from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
+from measure import SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
+from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
+from scaling import plot_scaling, scaling_points, scaling_table  # noqa: E402
+from torch_twin import TorchCase  # noqa: E402
 
-INPUT_SHAPE = (1, 28, 28)  # MNIST
+# the images each network is timed on: MNIST-sized for simple and lenet, CIFAR-sized for the rest
+INPUT_SHAPES = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32),
+                "cifar-small": (3, 32, 32)}
 CLASSES = 10
+LEARNING_RATES = {"momentum": 0.01, "adam": 1e-3}
 
 
-# -- memory ---------------------------------------------------------------------------------
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+# -- the cases ------------------------------------------------------------------------------
+def make_optimizer(name, model):
+    if name == "adam":
+        return Adam(model, LEARNING_RATES["adam"])
+    return SGD(model, LEARNING_RATES["momentum"], momentum=0.9)
 
 
-def peak_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- gpucnn -----------------------------------------------------------------------------
 class GpucnnCase:
-    def __init__(self, arch, batch, backend, x, y):
+    def __init__(self, model, backend, x, y, optimizer: str):
         self.backend = backend
-        self.model = build_model(arch, INPUT_SHAPE, CLASSES, np.random.default_rng(0)).to(backend)
-        self.optimizer = Adam(self.model, 1e-3)
+        self.model = model.to(backend)
+        self.optimizer = make_optimizer(optimizer, self.model)
         self.loss = SoftmaxCrossEntropy()
         self.x, self.y = backend.asarray(x), backend.asarray(y)
 
     def train_steps(self, steps):
+        self.model.train()
         for _ in range(steps):
             self.loss.forward(self.model.forward(self.x), self.y)
             self.model.backward(self.loss.backward(), need_input_grad=False)
@@ -84,92 +91,68 @@ class GpucnnCase:
         self.backend.synchronize()
 
     def eval_steps(self, steps):
+        self.model.eval()
         for _ in range(steps):
             self.model.forward(self.x).argmax(axis=1)
         self.backend.synchronize()
 
 
-# -- PyTorch, the identical network --------------------------------------------------------
-TORCH_TWINS = ("simple", "lenet")  # networks with a PyTorch twin below
+def batch_data(batch, input_shape):
+    data = np.random.default_rng(1)
+    return data.random((batch, *input_shape), dtype=np.float32), data.integers(0, CLASSES, batch)
 
 
-def torch_model(arch, torch):
-    nn = torch.nn
-    if arch == "simple":
-        return nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(32 * 12 * 12, CLASSES))
-    return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(32 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, CLASSES))
+def make_cases(arch, batch, input_shape, backend, torch, optimizer) -> dict:
+    x, y = batch_data(batch, input_shape)
+    model = build_model(arch, input_shape, CLASSES, np.random.default_rng(0))
+    cases = {"gpucnn": GpucnnCase(model, backend, x, y, optimizer)}
+    if torch is not None and backend.name == "cpu":
+        cases["torch"] = TorchCase(model, torch, x, y, optimizer, LEARNING_RATES[optimizer])
+    return cases
 
 
-class TorchCase:
-    def __init__(self, arch, batch, torch, x, y):
-        self.torch = torch
-        self.model = torch_model(arch, torch)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), 1e-3)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
-
-    def train_steps(self, steps):
-        F = self.torch.nn.functional
-        for _ in range(steps):
-            self.optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(self.x), self.y).backward()
-            self.optimizer.step()
-
-    def eval_steps(self, steps):
-        with self.torch.inference_mode():
-            for _ in range(steps):
-                self.model(self.x).argmax(dim=1)
-
-
-def check_same_network(arch, torch):
-    ours = build_model(arch, INPUT_SHAPE, CLASSES, np.random.default_rng(0)).num_params
-    theirs = sum(p.numel() for p in torch_model(arch, torch).parameters())
-    if ours != theirs:
-        raise RuntimeError(f"{arch}: gpucnn has {ours} parameters, the PyTorch twin {theirs}")
+def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmPeak | None = None) -> dict:
+    cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer)
+    row = {"arch": arch, "batch": batch, "input": list(input_shape), "device": backend.name}
+    for mode in ("train", "eval"):
+        speed = measure(cases, mode, batch, args.steps, args.warmup, args.repeats, clock)
+        row[f"{mode}_img_s"] = speed["gpucnn"]
+        if "torch" in speed:
+            row[f"torch_{mode}_img_s"] = speed["torch"]
+            row[f"{mode}_ratio"] = speed["gpucnn"] / speed["torch"]
+    row["train_flops_per_image"] = gemm_flops_per_image(cases["gpucnn"].model, input_shape)[1]
+    if peak:
+        peak.measure(args.repeats)
+        row["peak_fraction"] = row["train_flops_per_image"] * row["train_img_s"] / peak.flops
+    row["peak_mib"] = peak_memory(cases["gpucnn"], backend.name, args.steps)
+    if "torch" in cases:
+        row["torch_peak_mib"] = peak_memory(cases["torch"], "cpu", args.steps)
+    return row
 
 
-# -- timing ---------------------------------------------------------------------------------
-def time_call(fn, steps) -> float:
-    start = time.perf_counter()
-    fn(steps)
-    return time.perf_counter() - start
-
-
-def measure(cases: dict, mode: str, batch: int, steps: int, warmup: int, repeats: int) -> dict:
-    """Median images/s per case; repeats interleaved across the cases."""
-    for case in cases.values():
-        getattr(case, f"{mode}_steps")(warmup)
-    seconds = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, case in cases.items():
-            seconds[name].append(time_call(getattr(case, f"{mode}_steps"), steps))
-    return {name: batch * steps / statistics.median(s) for name, s in seconds.items()}
-
-
-def peak_memory(case, backend_name, steps) -> float | None:
-    """Peak RSS (MiB) while the case trains on the CPU; the GPU memory pool's size otherwise."""
-    if backend_name == "gpu":
-        return case.backend.device_memory_bytes() / 2**20
-    if not reset_peak_rss():
-        return None
-    case.train_steps(steps)
-    return peak_rss_mib()
-
-
-def main(argv=None):
+# -- the command line -----------------------------------------------------------------------
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default="all",
                    help="gpucnn backends to time; 'all' = the CPU plus the GPU when usable")
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=["simple", "lenet"])
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for BLAS and for torch")
+    p.add_argument("--optimizer", choices=("momentum", "adam"), default=None,
+                   help="momentum: SGD with momentum 0.9 (default when timing); "
+                        "adam (the default of --gpu-model, as the README's prediction table)")
+    p.add_argument("--threads", type=int, default=2, help="threads for BLAS and for torch")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 repeats, 1 warm-up")
+    p.add_argument("--no-scaling", action="store_true", help="skip the batch-size / image-size sweep")
+    p.add_argument("--plot", metavar="PATH", help="draw the sweep to this image file (matplotlib)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with the process's CPU time instead of the wall clock")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: time each layer's forward and backward, the loss and the optimizer")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 steps, 2 repeats, 1 warm-up; no sweep unless --plot (then a small one)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--gpu-model", action="store_true",
                    help="instead of timing: predict GPU step-time bounds from counted work (no GPU needed)")
@@ -180,91 +163,130 @@ def main(argv=None):
                         "bytes and allreduce cost of every zoo network, on paper")
     p.add_argument("--ranks-worker", metavar="SPEC", help=argparse.SUPPRESS)  # one rank of --ranks
     args = p.parse_args(argv)
-    if args.gpu_model:
-        if min(args.batch_sizes) < 1:
-            p.error("batch sizes must be positive")
-        import gpu_model
-        rows = gpu_model.report(args.archs, args.batch_sizes, args.gpu, INPUT_SHAPE)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"prediction": True, "gpu": args.gpu, "rows": rows}, f, indent=2)
-            print(f"\nwritten to {args.json}")
-        return 0
+    if min(args.batch_sizes) < 1 or args.threads < 1 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("batch sizes, --threads, --steps and --repeats must be positive")
     if args.quick:
         args.steps, args.repeats, args.warmup = 2, 2, 1
-    if min(args.batch_sizes) < 1 or args.threads < 1 or args.steps < 1 or args.repeats < 1:
-        p.error("batch sizes, --threads, --steps and --repeats must be positive")
+    if args.optimizer is None:
+        args.optimizer = "adam" if args.gpu_model else "momentum"
+    if args.ranks is not None and (args.ranks < 2 or any(b % args.ranks for b in args.batch_sizes)):
+        p.error(f"--ranks expected 2 or more processes dividing every batch size, got --ranks {args.ranks} "
+                f"and --batch-sizes {' '.join(map(str, args.batch_sizes))}")
+    return args
+
+
+def gpu_model_main(args):
+    import gpu_model
+    rows = gpu_model.report(args.archs, args.batch_sizes, args.gpu, INPUT_SHAPES, args.optimizer)
+    write_json(args.json, {"prediction": True, "gpu": args.gpu, "optimizer": args.optimizer, "rows": rows})
+
+
+def write_json(path, result):
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwritten to {path}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.gpu_model:
+        return gpu_model_main(args) or 0
     if args.ranks_worker:  # data-parallel mode (see ranks_report): one rank, launched by it
         return ranks_worker(json.loads(args.ranks_worker))
     if args.ranks is not None:
-        if args.ranks < 2 or any(b % args.ranks for b in args.batch_sizes):
-            p.error(f"--ranks expected 2 or more processes dividing every batch size, got --ranks {args.ranks} "
-                    f"and --batch-sizes {' '.join(map(str, args.batch_sizes))}")
         return ranks_report(args)
 
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(args.threads)
     torch = None
-    if not args.no_torch:
+    if not args.no_torch and not args.profile:
         try:
             import torch
             torch.set_num_threads(args.threads)
         except ImportError:
             print("torch is not installed: timing gpucnn only (pip install torch for the comparison)")
+    clock = time.process_time if args.cpu_time else time.perf_counter
 
     if args.device == "all":
         names = ["cpu"] + (["gpu"] if gpu_status()[0] is not None else [])
     else:
         names = [args.device]
     backends = [get_backend(n) for n in names]
-    blas = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+    blas = [f"{i['internal_api']} {i.get('version')} {i.get('architecture')} kernels ({i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas"]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    peak = SgemmPeak(clock)
+    peak.measure(5 if args.quick else 30)
     print(f"machine: {machine}")
     print(f"numpy {np.__version__}, BLAS: {', '.join(blas) or 'unknown'}"
           + (f"; torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""))
-    print(f"steps per repeat {args.steps}, repeats {args.repeats} (median), warm-up {args.warmup}\n")
+    if DROPPED_ENV:
+        print("ignored from the environment (a user's machine would not set them; they slow NumPy's "
+              "BLAS down): " + ", ".join(f"{k}={v}" for k, v in DROPPED_ENV.items()))
+    print(f"SGEMM peak (1024x1024 float32 matmul, median of {len(peak.seconds)}; measured again "
+          f"before every case): {peak.flops / 1e9:.1f} GFLOP/s")
+    print(f"optimizer: {args.optimizer}; clock: {'process CPU time' if args.cpu_time else 'wall'}; "
+          f"steps per repeat {args.steps}, repeats {args.repeats} (median), warm-up {args.warmup}\n")
+    result = {"machine": machine, "blas": blas, "threads": args.threads, "optimizer": args.optimizer,
+              "torch": getattr(torch, "__version__", None),
+              "steps": args.steps, "repeats": args.repeats, "clock": "cpu" if args.cpu_time else "wall"}
+
+    if args.profile:
+        result["sgemm_peak_flops"], result["profiles"] = peak.flops, []
+        for arch in args.archs:
+            for batch in args.batch_sizes:
+                for backend in backends:
+                    cases = make_cases(arch, batch, INPUT_SHAPES[arch], backend, None, args.optimizer)
+                    case = cases["gpucnn"]
+                    rows = profile_step(case.model, case.loss, case.optimizer, backend, case.x, case.y,
+                                        steps=args.steps, warmup=args.warmup, clock=clock)
+                    print(f"{arch}, batch {batch}, input {INPUT_SHAPES[arch]}, {backend.name}:")
+                    print(profile_table(rows, batch) + "\n", flush=True)
+                    result["profiles"].append({"arch": arch, "batch": batch, "device": backend.name,
+                                               "parts": rows})
+        write_json(args.json, result)
+        return 0
 
     rows = []
     for arch in args.archs:
-        twin = torch if arch in TORCH_TWINS else None
-        if twin:
-            check_same_network(arch, torch)
         for batch in args.batch_sizes:
-            data = np.random.default_rng(1)
-            x = data.random((batch, *INPUT_SHAPE), dtype=np.float32)
-            y = data.integers(0, CLASSES, batch)
             for backend in backends:
-                cases = {"gpucnn": GpucnnCase(arch, batch, backend, x, y)}
-                if twin and backend.name == "cpu":
-                    cases["torch"] = TorchCase(arch, batch, torch, x, y)
-                row = {"arch": arch, "batch": batch, "device": backend.name}
-                for mode in ("train", "eval"):
-                    speed = measure(cases, mode, batch, args.steps, args.warmup, args.repeats)
-                    row[f"{mode}_img_s"] = speed["gpucnn"]
-                    if "torch" in speed:
-                        row[f"torch_{mode}_img_s"] = speed["torch"]
-                        row[f"{mode}_ratio"] = speed["gpucnn"] / speed["torch"]
-                row["peak_mib"] = peak_memory(cases["gpucnn"], backend.name, args.steps)
-                if "torch" in cases:
-                    row["torch_peak_mib"] = peak_memory(cases["torch"], "cpu", args.steps)
+                row = run_case(arch, batch, INPUT_SHAPES[arch], backend, torch, args, clock, peak)
                 rows.append(row)
                 print(format_row(row), flush=True)
+    for row in rows:  # against the peak of the whole run
+        row["peak_fraction"] = row["train_flops_per_image"] * row["train_img_s"] / peak.flops
+    print(f"\nSGEMM peak over the run: {peak.flops / 1e9:.1f} GFLOP/s (median of {len(peak.seconds)})\n")
+    print(table(rows))
+    result["rows"], result["sgemm_peak_flops"] = rows, peak.flops
 
-    print("\n" + table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "blas": blas, "threads": args.threads,
-                       "torch": getattr(torch, "__version__", None), "steps": args.steps,
-                       "repeats": args.repeats, "rows": rows}, f, indent=2)
-        print(f"\nwritten to {args.json}")
+    if not args.no_scaling and (args.plot or not args.quick):
+        sweep_archs = [a for a in ("simple", "lenet") if a in args.archs]
+        points = []
+        for arch, batch, input_shape in scaling_points(sweep_archs, args.quick):
+            point = run_case(arch, batch, input_shape, backends[0], torch, args, clock)
+            points.append(point)
+            print(format_row(point), flush=True)
+        print("\n" + scaling_table(points))
+        result["scaling"] = points
+        if args.plot:
+            optimizer = "Adam" if args.optimizer == "adam" else "SGD with momentum"
+            clock_name = "CPU time" if args.cpu_time else "wall clock"
+            plot_scaling(points, args.plot,
+                         title=f"{machine}; {args.threads} thread(s), {clock_name}, {optimizer}")
+            print(f"\nplot written to {args.plot}")
+    write_json(args.json, result)
     return 0
 
 
 def format_row(r):
-    parts = [f"{r['arch']:<6} batch {r['batch']:<4} {r['device']}: train {r['train_img_s']:.0f} img/s"]
+    size = "x".join(map(str, r["input"]))
+    parts = [f"{r['arch']:<11} batch {r['batch']:<4} {size:<8} {r['device']}: train {r['train_img_s']:.0f} img/s"]
     if "train_ratio" in r:
         parts.append(f"(torch {r['torch_train_img_s']:.0f}, x{r['train_ratio']:.2f})")
+    if "peak_fraction" in r:
+        parts.append(f"{100 * r['peak_fraction']:.0f}% of SGEMM peak;")
     parts.append(f"eval {r['eval_img_s']:.0f} img/s")
     if "eval_ratio" in r:
         parts.append(f"(torch {r['torch_eval_img_s']:.0f}, x{r['eval_ratio']:.2f})")
@@ -275,13 +297,15 @@ def table(rows) -> str:
     """A Markdown table, as the README shows it."""
     def f(v, spec):
         return "-" if v is None else format(v, spec)
-    head = ("| network | batch | device | gpucnn train img/s | torch train img/s | train ratio | "
-            "gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| network | input | batch | device | gpucnn train img/s | torch train img/s | train ratio | "
+            "% of SGEMM peak | gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
+        fraction = r.get("peak_fraction")
         lines.append(
-            f"| {r['arch']} | {r['batch']} | {r['device']} | {r['train_img_s']:.0f} | "
-            f"{f(r.get('torch_train_img_s'), '.0f')} | {f(r.get('train_ratio'), '.2f')} | "
+            f"| {r['arch']} | {'x'.join(map(str, r['input']))} | {r['batch']} | {r['device']} | "
+            f"{r['train_img_s']:.0f} | {f(r.get('torch_train_img_s'), '.0f')} | {f(r.get('train_ratio'), '.2f')} | "
+            f"{f(fraction and 100 * fraction, '.0f')} | "
             f"{r['eval_img_s']:.0f} | {f(r.get('torch_eval_img_s'), '.0f')} | {f(r.get('eval_ratio'), '.2f')} | "
             f"{f(r.get('peak_mib'), '.0f')} / {f(r.get('torch_peak_mib'), '.0f')} |")
     return "\n".join(lines)

@@ -32,12 +32,9 @@ for path in (REPO, REPO / "tests"):  # the stand-in lives with the tests, not in
         sys.path.insert(0, str(path))
 
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
-from gpucnn.optim import Adam  # noqa: E402
+from gpucnn.optim import SGD, Adam  # noqa: E402
 
-try:  # every named network: the zoo's, where there is one
-    from gpucnn.zoo import ARCHS, build_model  # noqa: E402
-except ImportError:  # gpucnn without a zoo: the networks of gpucnn.train
-    from gpucnn.train import ARCHS, build_model  # noqa: E402
+from gpucnn.zoo import ARCHS, build_model  # noqa: E402  (every named network)
 
 
 @dataclass(frozen=True)
@@ -53,15 +50,17 @@ GPUS = {
 }
 
 
-def count_step(arch: str, batch: int, input_shape=(1, 28, 28), classes: int = 10, mode: str = "train"):
+def count_step(arch: str, batch: int, input_shape=(1, 28, 28), classes: int = 10, mode: str = "train",
+               optimizer: str = "adam"):
     """The stand-in's Work (launches, bytes, FLOPs, launches per gpucnn line) of one
-    steady-state step: a training step (forward, loss, backward, Adam) or an
-    evaluation step (forward, argmax)."""
+    steady-state step: a training step (forward, loss, backward, Adam or SGD with
+    momentum 0.9 for ``optimizer="momentum"``) or an evaluation step (forward, argmax)."""
     from standin import standin_backend
 
     backend = standin_backend()
     model = build_model(arch, tuple(input_shape), classes, np.random.default_rng(0)).to(backend)
-    optimizer, loss_fn = Adam(model, 1e-3), SoftmaxCrossEntropy()
+    optimizer = SGD(model, 0.01, momentum=0.9) if optimizer == "momentum" else Adam(model, 1e-3)
+    loss_fn = SoftmaxCrossEntropy()
     data = np.random.default_rng(1)
     x = backend.asarray(data.random((batch, *input_shape), dtype=np.float32))
     y = backend.asarray(data.integers(0, classes, batch))
@@ -95,12 +94,14 @@ def predict(work, gpu: GPU, batch: int) -> dict:
             "floor_us": bounds[dominant] * 1e6, "img_s": batch / bounds[dominant]}
 
 
-def model_rows(archs, batch_sizes, gpu: GPU, input_shape=(1, 28, 28)) -> list[dict]:
+def model_rows(archs, batch_sizes, gpu: GPU, input_shapes=None, optimizer: str = "adam") -> list[dict]:
+    """One row per network and batch size; ``input_shapes``: {arch: (C, H, W)}, MNIST's by default."""
     rows = []
     for arch in archs:
+        input_shape = (input_shapes or {}).get(arch, (1, 28, 28))
         for batch in batch_sizes:
-            work = count_step(arch, batch, input_shape)
-            row = {"arch": arch, "batch": batch, "gpu": gpu.name, **work.totals(),
+            work = count_step(arch, batch, input_shape, optimizer=optimizer)
+            row = {"arch": arch, "batch": batch, "input": list(input_shape), "gpu": gpu.name, **work.totals(),
                    "mb": (work.bytes_read + work.bytes_written) / 1e6, "gflop": work.flops / 1e9,
                    **predict(work, gpu, batch),
                    "launches_by_file": dict(_by_file(work.by_site))}
@@ -137,14 +138,15 @@ def launch_sources(row) -> str:
     return f"{row['arch']}, batch {row['batch']}: " + ", ".join(f"{path} {n}" for path, n in by_file)
 
 
-def report(archs, batch_sizes, gpu_name: str = "h100-sxm", input_shape=(1, 28, 28)) -> list[dict]:
+def report(archs, batch_sizes, gpu_name: str = "h100-sxm", input_shapes=None, optimizer: str = "adam") -> list[dict]:
     gpu = GPUS[gpu_name]
     print(f"PREDICTION, not a measurement: lower bounds for one training step on an {gpu.name} "
           f"({gpu.bandwidth / 1e12:.2f} TB/s, {gpu.fp32_flops / 1e12:.0f} TFLOP/s FP32 without tensor "
           f"cores, {gpu.launch_seconds * 1e6:.0f} µs per kernel launch from Python), from work counted "
-          "by the CuPy stand-in; Adam, float32, input "
-          f"{tuple(input_shape)}\n", flush=True)
-    rows = model_rows(archs, batch_sizes, gpu, input_shape)
+          f"by the CuPy stand-in; {'Adam' if optimizer == 'adam' else 'SGD with momentum'}, float32, input "
+          + ", ".join(f"{arch} {tuple((input_shapes or {}).get(arch, (1, 28, 28)))}" for arch in archs)
+          + "\n", flush=True)
+    rows = model_rows(archs, batch_sizes, gpu, input_shapes, optimizer)
     print(table(rows))
     print("\nkernel launches per training step, by source file:")
     for row in rows:

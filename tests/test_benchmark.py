@@ -1,4 +1,5 @@
-"""scripts/benchmark.py in its reduced mode: it runs and reports; timings are never asserted."""
+"""scripts/benchmark.py and its helpers: the modes run and report, the FLOP count and the
+PyTorch twins are right; timings are never asserted."""
 from __future__ import annotations
 
 import json
@@ -6,19 +7,118 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
+from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.optim import SGD
+from gpucnn.zoo import ARCHS, build_model
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from profile_step import gemm_flops_per_image, profile_step  # noqa: E402
+from scaling import scaling_points  # noqa: E402
+from torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
+
+INPUTS = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32), "cifar-small": (3, 32, 32)}
+
+
+def run_benchmark(*args, timeout=600):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_benchmark_quick_mode_runs_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--batch-sizes", "8",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "| network | batch | device |" in proc.stdout
+    stdout = run_benchmark("--quick", "--batch-sizes", "8", "--threads", "1", "--json", str(out))
+    assert "| network | input | batch | device |" in stdout and "SGEMM peak" in stdout
     result = json.loads(out.read_text())
+    assert result["optimizer"] == "momentum" and result["threads"] == 1 and result["sgemm_peak_flops"] > 0
     cases = {(r["arch"], r["batch"], r["device"]) for r in result["rows"]}
-    assert {("simple", 8, "cpu"), ("lenet", 8, "cpu")} <= cases
+    assert {(arch, 8, "cpu") for arch in ARCHS} <= cases
     for row in result["rows"]:
         assert row["train_img_s"] > 0 and row["eval_img_s"] > 0
-        if result["torch"]:
-            assert row["train_ratio"] > 0  # the PyTorch twin ran (same parameter count checked)
+        assert row["peak_fraction"] == pytest.approx(
+            row["train_flops_per_image"] * row["train_img_s"] / result["sgemm_peak_flops"])
+        assert row["train_ratio"] > 0  # the PyTorch twin ran (same parameter count checked)
+    assert "scaling" not in result  # --quick skips the sweep unless asked to plot it
+
+
+def test_benchmark_sweep_draws_the_plot(tmp_path):
+    plot, out = tmp_path / "scaling.png", tmp_path / "bench.json"
+    run_benchmark("--quick", "--archs", "simple", "--batch-sizes", "8", "--optimizer", "adam", "--threads", "1",
+                  "--plot", str(plot), "--json", str(out))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    points = json.loads(out.read_text())["scaling"]
+    assert {(p["batch"], tuple(p["input"])) for p in points} == {
+        (b, tuple(shape)) for _, b, shape in scaling_points(["simple"], quick=True)}
+    assert all(p["torch_train_img_s"] > 0 for p in points)
+
+
+def test_benchmark_profile_lists_every_layer_the_loss_and_the_optimizer(tmp_path):
+    out = tmp_path / "profile.json"
+    stdout = run_benchmark("--profile", "--archs", "lenet", "--batch-sizes", "4", "--steps", "2",
+                           "--warmup", "1", "--threads", "1", "--cpu-time", "--json", str(out))
+    assert "| part | ms per step | share | page faults |" in stdout
+    parts = json.loads(out.read_text())["profiles"][0]["parts"]
+    names = [p["part"] for p in parts]
+    assert len(names) == 2 * 10 + 3  # 10 layers forward and backward, loss twice, optimizer
+    assert names[0].endswith("Conv2D 1->16 5x5 p2 forward") and names[-1] == "optimizer step"
+    assert "loss forward" in names and "loss backward" in names
+    assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    assert all(p["page_faults"] >= 0 for p in parts)
+
+
+def test_profile_runs_the_same_training_step_as_the_model():
+    """The profiled step (layer by layer) changes the weights exactly as model.forward/backward do."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 4)
+    a, b = (build_model("lenet", (1, 28, 28), 10, np.random.default_rng(1)) for _ in range(2))
+    loss = SoftmaxCrossEntropy()
+    opt_a, opt_b = SGD(a, 0.1, momentum=0.9), SGD(b, 0.1, momentum=0.9)
+    profile_step(a, loss, opt_a, a.backend, x, y, steps=2, warmup=1)
+    for _ in range(3):
+        loss.forward(b.forward(x), y)
+        b.backward(loss.backward(), need_input_grad=False)
+        opt_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(pa, pb)
+
+
+def test_benchmark_defaults_follow_the_issue():
+    import benchmark
+    args = benchmark.parse_args([])
+    assert args.threads == 2 and args.optimizer == "momentum" and set(args.archs) == set(ARCHS)
+    assert benchmark.parse_args(["--gpu-model"]).optimizer == "adam"  # as the README's prediction table
+    assert benchmark.INPUT_SHAPES == INPUTS
+
+
+def test_gemm_flops_per_image_from_the_layer_shapes():
+    simple = build_model("simple", (1, 28, 28), 10)
+    conv, dense = 2 * 32 * 1 * 25 * 24 * 24, 2 * 32 * 12 * 12 * 10
+    # training: forward, weight gradient, input gradient, except the first layer's input gradient
+    assert gemm_flops_per_image(simple, (1, 28, 28)) == (conv + dense, 3 * (conv + dense) - conv)
+    lenet = build_model("lenet", (1, 28, 28), 10)
+    forward = 2 * (16 * 25 * 28 * 28 + 32 * 16 * 25 * 10 * 10 + 800 * 128 + 128 * 10)
+    assert gemm_flops_per_image(lenet, (1, 28, 28))[0] == forward
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_torch_twin_computes_the_same_network(arch):
+    shape = INPUTS[arch]
+    model = build_model(arch, shape, 10, np.random.default_rng(0), dtype=np.float64)
+    for layer in model.layers:  # statistics other than the initial ones, so copying them matters
+        for name, value in layer.state.items():
+            layer.state[name] = value + np.random.default_rng(2).uniform(0.1, 0.5, value.shape)
+    twin = torch_twin(model, torch).double()
+    check_same_network(model, twin)
+    copy_weights(model, twin, torch)
+    x = np.random.default_rng(1).standard_normal((3, *shape))
+    twin.eval()  # dropout off, batch norm on the (copied) running statistics
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.eval().forward(x), expected, rtol=1e-9, atol=1e-9)

@@ -137,16 +137,19 @@ class Layer:
                 f"(the shape forward returned), got {tuple(dy.shape)}"
             )
 
-    def _workspace(self, name: str, shape: tuple, dtype, xp):
+    def _workspace(self, name: str, shape: tuple, dtype, xp, initialize=None):
         """A private scratch array, kept between steps while its shape stays the same.
 
         Only for arrays that never leave the layer (im2col columns, their gradient):
         reusing them spares the allocator; on NumPy a fresh array above ~32 MB is new
         memory from the OS every step, and touching it costs more than the math.
+        ``initialize(buffer)`` runs once, when the buffer is new.
         """
         buffer = self._buffers.get(name)
         if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype:
             buffer = xp.empty(shape, dtype=dtype)
+            if initialize is not None:
+                initialize(buffer)
             self._buffers[name] = buffer
         return buffer
 

