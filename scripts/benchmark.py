@@ -149,6 +149,8 @@ def parse_args(argv):
     p.add_argument("--plot", metavar="PATH", help="draw the sweep to this image file (matplotlib)")
     p.add_argument("--cpu-time", action="store_true",
                    help="time with the process's CPU time instead of the wall clock")
+    p.add_argument("--layers", action="store_true",
+                   help="instead: BatchNorm2D and Dropout forward+backward against PyTorch's, layer by layer")
     p.add_argument("--profile", action="store_true",
                    help="instead: time each layer's forward and backward, the loss and the optimizer")
     p.add_argument("--quick", action="store_true",
@@ -199,6 +201,16 @@ def main(argv=None):
 
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(args.threads)
+    if args.layers:
+        import torch
+        from layer_bench import layer_table
+        torch.set_num_threads(args.threads)
+        print(f"forward + backward in training mode, {args.threads} threads, median of {args.repeats} "
+              f"repeats of {args.steps} (ratio > 1: gpucnn faster)")
+        rows = layer_table(torch, measure, args.steps, args.warmup, args.repeats,
+                           time.process_time if args.cpu_time else time.perf_counter)
+        write_json(args.json, {"layers": rows})
+        return 0
     torch = None
     if not args.no_torch and not args.profile:
         try:

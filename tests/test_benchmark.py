@@ -122,3 +122,13 @@ def test_torch_twin_computes_the_same_network(arch):
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.eval().forward(x), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_layers_mode_compares_batchnorm_and_dropout_with_torch(tmp_path):
+    out = tmp_path / "layers.json"
+    stdout = run_benchmark("--layers", "--steps", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                           "--json", str(out))
+    rows = json.loads(out.read_text())["layers"]
+    assert [row["layer"].split()[0] for row in rows] == ["BatchNorm2D", "BatchNorm2D", "Dropout"]
+    assert all(row["gpucnn_per_s"] > 0 and row["torch_per_s"] > 0 for row in rows)
+    assert "ratio" in stdout
