@@ -17,20 +17,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
+from argtypes import positive_int  # noqa: E402
 from gpucnn.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
 
 DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

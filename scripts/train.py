@@ -27,7 +27,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
+from argtypes import (non_negative_float, non_negative_int, open_fraction, positive_float,  # noqa: E402
+                      positive_int, unit_interval)
 from gpucnn.config import (ARCHS, DEVICES, FILE_DATASETS, OPTIMIZERS, SCHEDULE_NAMES,  # noqa: E402
                            TrainConfig)
 
@@ -46,26 +49,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def number(convert, accept, expected):
-    """An argparse type: ``convert`` the text, keep it if ``accept(value)``, else say
-    what was ``expected`` and what was given."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = number(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = number(float, lambda v: 0 < v < float("inf"), "a positive number")
-non_negative_float = number(float, lambda v: 0 <= v < float("inf"), "a non-negative number")
-open_fraction = number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
-unit_interval = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
