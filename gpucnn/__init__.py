@@ -5,11 +5,12 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential, load
 from .optim import SGD, Adam, AdamW
+from .parallel import get_num_threads, set_num_threads
 from .random import default_generator, manual_seed
 
 __version__ = "0.1.0"
 __all__ = [
     "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
     "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "AdamW", "manual_seed", "default_generator",
-    "BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize",
+    "BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize", "set_num_threads", "get_num_threads",
 ]

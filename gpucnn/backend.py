@@ -17,6 +17,8 @@ import warnings
 
 import numpy as np
 
+from .host_memory import tune_host_allocator
+
 __all__ = [
     "Backend",
     "GPUFallbackWarning",
@@ -97,6 +99,7 @@ class Backend:
 
 
 def _cpu_backend() -> Backend:
+    tune_host_allocator()  # reuse a step's large buffers instead of remapping them (host_memory.py)
     return Backend(
         "cpu",
         np,

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
+from gpucnn.parallel import get_num_threads, set_num_threads  # noqa: E402
 from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
 from measure import SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
 from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
@@ -201,6 +202,7 @@ def main(argv=None):
 
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(args.threads)
+    set_num_threads(args.threads)  # gpucnn's own threads for chunked layer work (gpucnn.parallel)
     if args.layers:
         import torch
         from layer_bench import layer_table
@@ -470,9 +472,12 @@ def paper_scaling(batch: int, args) -> list:
     rows = []
     for arch in ARCHS:
         case = zoo_case(arch, batch)
+        threads = get_num_threads()
+        set_num_threads(1)
         with threadpool_limits(1):
             timed_steps(case, SingleProcess(), 1)  # warm-up
             compute = min(timed_steps(case, SingleProcess(), 1)[0] for _ in range(min(3, args.repeats)))
+        set_num_threads(threads)
         nbytes = gradient_bytes(case[0])
         row = {"arch": arch, "input": ZOO_SHAPES[arch], "parameters": case[0].num_params, "gradient_bytes": nbytes,
                "cpu_compute_s": compute}

@@ -1,9 +1,10 @@
 """One layer's forward + backward, gpucnn against its PyTorch CPU equivalent (benchmark.py --layers).
 
 Each case runs the layer in training mode on an activation of the shape it meets in the zoo's
-networks (the batch-innermost layout Conv2D hands gpucnn's layers; a contiguous tensor for
-torch's), forward then backward with a fixed upstream gradient. Repeats are interleaved and
-the median kept, as in the network benchmark.
+networks (lenet-bn's first BatchNorm, and cifar-small's first stage at two image sizes), forward
+then backward with a fixed upstream gradient. gpucnn's layer gets x and dy in the batch-innermost
+layout that Conv2D hands on and the layers after it hand back; torch's gets contiguous tensors.
+Repeats are interleaved and the median kept, as in the network benchmark.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gpucnn.layers import BatchNorm2D, Dropout
 CASES = {
     "BatchNorm2D 32ch 14x14": (lambda: BatchNorm2D(32), lambda nn: nn.BatchNorm2d(32), (128, 32, 14, 14)),
     "BatchNorm2D 64ch 16x16": (lambda: BatchNorm2D(64), lambda nn: nn.BatchNorm2d(64), (64, 64, 16, 16)),
+    "BatchNorm2D 64ch 32x32": (lambda: BatchNorm2D(64), lambda nn: nn.BatchNorm2d(64), (64, 64, 32, 32)),
     "Dropout 0.25 (N, 3136)": (lambda: Dropout(0.25, rng=np.random.default_rng(0)),
                                lambda nn: nn.Dropout(0.25), (128, 3136)),
 }
@@ -24,10 +26,11 @@ class _Gpucnn:
     def __init__(self, make, shape):
         data = np.random.default_rng(1)
         x = data.standard_normal(shape).astype(np.float32)
-        if len(shape) == 4:  # the layout Conv2D hands on: (C, H, W, N) memory behind an NCHW view
-            x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
-        self.layer, self.x = make(), x
-        self.dy = data.standard_normal(shape).astype(np.float32)
+        dy = data.standard_normal(shape).astype(np.float32)
+        if len(shape) == 4:  # the layout Conv2D hands on: (C, H, W, N) memory behind an NCHW view;
+            # dy comes back in it too (the next layer writes its dx like its input, this output)
+            x, dy = (np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2) for a in (x, dy))
+        self.layer, self.x, self.dy = make(), x, dy
 
     def train_steps(self, n):
         for _ in range(n):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_host
+from ..backend import array_module, to_host
 from ..random import default_generator
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -45,6 +45,19 @@ def check_rng(owner: str, rng) -> np.random.Generator:
             "pass rng=numpy.random.default_rng(seed)"
         )
     return rng
+
+
+def in_layout_of(a, like):
+    """``a`` with the memory layout of ``like`` (same shape): a copy only if they differ.
+
+    A layer whose backward combines dy with cached arrays in several passes aligns dy
+    first: one copy, instead of every pass striding through two layouts."""
+    if a.strides == like.strides:
+        return a
+    xp = array_module(like)
+    out = xp.empty_like(like)
+    out[...] = a
+    return out
 
 
 class Layer:

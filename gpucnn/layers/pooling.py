@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from .base import Layer, check_pair, check_positive_int
+from .base import Layer, check_pair, check_positive_int, in_layout_of
 from .im2col import offset_slices, output_size, pad_nchw
 
 # Values within this many float epsilons (relative to the window maximum) count
@@ -102,16 +102,6 @@ class _Pool2D(Layer):
                 window += xp.multiply(dy, factor, out=product)
             else:  # disjoint windows: write straight into place
                 xp.multiply(dy, factor, out=window)
-
-
-def in_layout_of(a, like):
-    """``a`` with the memory layout of ``like`` (same shape): a copy only if they differ."""
-    if a.strides == like.strides:
-        return a
-    xp = array_module(like)
-    out = xp.empty_like(like)
-    out[...] = a
-    return out
 
 
 class MaxPool2D(_Pool2D):
