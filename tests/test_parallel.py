@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from gpucnn import BatchNorm1D, BatchNorm2D, parallel
+from gpucnn import BatchNorm1D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential, parallel
 from standin import standin_backend
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -139,3 +139,27 @@ def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert parallel.get_num_threads() == 1
     parallel.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("layers", [
+    lambda rng: [Conv2D(3, 6, 3, padding=1, rng=rng), ReLU(), MaxPool2D(2), Conv2D(6, 4, 3, stride=2, rng=rng),
+                 MaxPool2D(3, stride=1, padding=1), Flatten()],
+    lambda rng: [Conv2D(3, 5, 5, padding=2, rng=rng), MaxPool2D(2, padding=1), Flatten()],
+])
+def test_convolution_and_pooling_in_chunks_equal_one_piece_bit_for_bit(layers, rng, monkeypatch):
+    """im2col and col2im copy and add per input channel, max pooling compares per channel:
+    chunks change no operation's operands, so the results are identical."""
+    x = chwn(rng.standard_normal((6, 3, 10, 10)).astype(np.float32))
+    results = []
+    for chunk_bytes in (1 << 40, 64):
+        monkeypatch.setattr(parallel, "CHUNK_BYTES", chunk_bytes)
+        parallel.set_num_threads(3)
+        model = Sequential(layers(np.random.default_rng(0)))
+        y = model.forward(x)
+        dx = model.backward(np.ones_like(y))
+        results.append((y, [layer.grads.get("weight") for layer in model.layers if layer.params], dx))
+    (y0, g0, dx0), (y1, g1, dx1) = results
+    np.testing.assert_array_equal(y0, y1)
+    for a, b in zip(g0, g1):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dx0, dx1)

@@ -19,6 +19,7 @@ would otherwise return C-contiguous, i.e. NCHW, arrays).
 from __future__ import annotations
 
 from ..backend import array_module
+from ..parallel import over_channel_chunks
 
 
 def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
@@ -68,24 +69,36 @@ def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=No
     windows = xp.lib.stride_tricks.as_strided(
         x_chwn, shape=(c, kh, kw, out_h, out_w, n),
         strides=(s_c, s_h, s_w, stride * s_h, stride * s_w, s_n))  # (C, kh, kw, OH, OW, N)
-    out.reshape(c, kh, kw, out_h, out_w, n)[...] = windows  # (C, kh, kw, OH, OW, N)
+    out_6d = out.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N)
+
+    def copy(channels):  # one group of input channels (all of them on a GPU)
+        out_6d[channels] = windows[channels]
+
+    over_channel_chunks(x_chwn, copy, axis=0)
     return out  # (C*kh*kw, OH*OW*N)
 
 
 def col2im(cols, c: int, kh: int, kw: int, padded_hw: tuple, stride: int, out_h: int, out_w: int):
     """Columns (C*kh*kw, out_h*out_w*N) -> padded (C, Hp, Wp, N), overlaps summed.
 
-    The adjoint of :func:`im2col`: every offset's slice is added back in place.
+    The adjoint of :func:`im2col`: every offset's slice is added back in place, one
+    group of input channels at a time (gpucnn.parallel), so the kh*kw additions into a
+    group's part of dx find it in cache.
     """
     xp = array_module(cols)
     n = cols.shape[1] // (out_h * out_w)
     cols = cols.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N)
     dx_chwn = xp.empty((c, *padded_hw, n), dtype=cols.dtype)  # (C, Hp, Wp, N)
-    dx_chwn.fill(0)  # faster than xp.zeros for large arrays on NumPy
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = offset_slices(i, j, stride, out_h, out_w)
-            dx_chwn[:, rows, columns, :] += cols[:, i, j]
+
+    def accumulate(channels):  # one group of input channels (all of them on a GPU)
+        dx_group = dx_chwn[channels]
+        dx_group.fill(0)  # faster than xp.zeros for large arrays on NumPy
+        for i in range(kh):
+            for j in range(kw):
+                rows, columns = offset_slices(i, j, stride, out_h, out_w)
+                dx_group[:, rows, columns, :] += cols[channels, i, j]
+
+    over_channel_chunks(dx_chwn, accumulate, axis=0)
     return dx_chwn
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
+from ..parallel import over_channel_chunks
 from .base import Layer, check_pair, check_positive_int, in_layout_of
 from .im2col import offset_slices, output_size, pad_nchw
 
@@ -82,14 +83,18 @@ class _Pool2D(Layer):
             return dx_padded
         return dx_padded[:, :, p:dx_padded.shape[2] - p, p:dx_padded.shape[3] - p]  # (N, C, H, W)
 
+    def _tiles(self, x_padded, out_hw) -> bool:
+        """Whether the windows cover the padded input exactly once (each input in one window)."""
+        (kh, kw), s = self.kernel_size, self.stride
+        out_h, out_w = out_hw
+        return s == kh == kw and x_padded.shape[2:] == (out_h * kh, out_w * kw)
+
     def _gradient_buffer(self, x_padded, out_hw):
         """dx_padded, laid out like x_padded: zeros, unless the windows tile it exactly
         (then every element is written by _scatter and zeroing it first is wasted work)."""
-        (kh, kw), s = self.kernel_size, self.stride
-        out_h, out_w = out_hw
         xp = array_module(x_padded)
         dx_padded = xp.empty_like(x_padded)
-        if not (s == kh == kw and x_padded.shape[2:] == (out_h * kh, out_w * kw)):
+        if not self._tiles(x_padded, out_hw):
             dx_padded.fill(0)  # empty_like + fill: on NumPy zeros_like is slower for this layout
         return dx_padded
 
@@ -114,16 +119,25 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x):
-        """x (N, C, H, W) -> y (N, C, OH, OW): a running maximum over the kernel offsets."""
+        """x (N, C, H, W) -> y (N, C, OH, OW): a running maximum over the kernel offsets,
+        one group of channels at a time (gpucnn.parallel: in cache, on a few threads)."""
         out_hw = self._prepare(x)
         xp = array_module(x)
         x_padded = pad_nchw(x, *(self.padding,) * 4, value=-np.inf)  # (N, C, Hp, Wp)
         windows = self._windows(x_padded, out_hw)  # views, no copies
         # out=: CuPy ufuncs return C-contiguous arrays; empty_like (order 'K') keeps x's layout
-        y = xp.copy(windows[0]) if len(windows) == 1 else xp.maximum(
-            windows[0], windows[1], out=xp.empty_like(windows[0]))
-        for window in windows[2:]:
-            xp.maximum(y, window, out=y)
+        y = xp.empty_like(windows[0])  # (N, C, OH, OW)
+
+        def running_max(channels):
+            y_group = y[:, channels]
+            if len(windows) == 1:
+                y_group[...] = windows[0][:, channels]
+                return
+            xp.maximum(windows[0][:, channels], windows[1][:, channels], out=y_group)
+            for window in windows[2:]:
+                xp.maximum(y_group, window[:, channels], out=y_group)
+
+        over_channel_chunks(x_padded, running_max)
         self._cache = (x_padded, y)
         return y
 
@@ -135,16 +149,26 @@ class MaxPool2D(_Pool2D):
             return None
         xp = array_module(dy)
         dy = in_layout_of(dy, y)
+        dx_padded = xp.empty_like(x_padded)  # (N, C, Hp, Wp), x's layout
+        over_channel_chunks(x_padded, lambda channels: self._route_to_first_max(
+            x_padded[:, channels], y[:, channels], dy[:, channels], dx_padded[:, channels]))
+        return self._unpad(dx_padded)
+
+    def _route_to_first_max(self, x_padded, y, dy, dx_padded):
+        """Fill dx_padded (N, c, Hp, Wp) for one group of channels: each window's dy goes
+        to its first maximum in row-major order."""
+        xp = array_module(dy)
         out_hw = y.shape[2:]
         # every temporary is allocated like y (empty_like): the layout stays batch-innermost
-        tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, C, OH, OW)
+        tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, c, OH, OW)
         tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
         tied_with_max += y  # y - 16 eps |y|: values this close count as the maximum
-        dx_padded = self._gradient_buffer(x_padded, out_hw)  # (N, C, Hp, Wp)
+        if not self._tiles(x_padded, out_hw):
+            dx_padded.fill(0)  # some inputs are in no window, or in several
         product = xp.empty_like(dy) if self._overlapping else None
         # Scan the offsets in row-major order: `hit` marks the windows whose first maximum
         # is at offset k, `found` those whose maximum an earlier offset already took.
-        hit = xp.empty_like(y, dtype=bool)  # (N, C, OH, OW)
+        hit = xp.empty_like(y, dtype=bool)  # (N, c, OH, OW)
         windows = self._windows(x_padded, out_hw)
         last = len(windows) - 1
         for k, (window, dx_window) in enumerate(zip(windows, self._windows(dx_padded, out_hw))):
@@ -159,7 +183,6 @@ class MaxPool2D(_Pool2D):
                 found, hit = hit, xp.empty_like(hit)
             elif k < last:
                 found |= hit
-        return self._unpad(dx_padded)
 
 
 class AvgPool2D(_Pool2D):
