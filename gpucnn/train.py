@@ -213,7 +213,8 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     Host numpy arrays are uploaded once to the model's device (floats as float32); device
     arrays are used as they are. ``rng`` (a numpy Generator; None: gpucnn's default
     generator) shuffles every epoch and draws the augmentations. Validation runs in
-    batches of ``batch_size`` (a validation batch holds no more memory than a step).
+    batches of ``batch_size`` (of a rank's shard of it, distributed): a validation batch
+    holds no more memory than a training step.
 
     Each epoch trains in training mode and validates in evaluation mode (BatchNorm's
     running statistics, no Dropout). ``loss_fn``, ``augment``, ``schedule``: as
@@ -241,6 +242,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     if val is not None:
         val = _to_device(model, val, "val")
     sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng)
+    eval_batch = max(1, batch_size // comm.size)  # a rank validates in batches of its training shard
     show_bar = verbose == 1 and comm.is_main and stderr_is_terminal()
     with StopSignal(comm) as stop:  # distributed: Ctrl-C stops every rank after the same step
         for epoch in range(start_epoch + 1, epochs + 1):
@@ -266,7 +268,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
             if comm.size > 1 and state_of(model):  # BatchNorm statistics: rank 0's, as saved and evaluated
                 comm.bcast_(state_of(model))
             if val is not None:
-                record["val_loss"], record["val_acc"], _ = evaluate(model, *val, batch_size, comm=comm)
+                record["val_loss"], record["val_acc"], _ = evaluate(model, *val, eval_batch, comm=comm)
             if schedule is not None:
                 record["lr"] = schedule.lr_at(schedule.step_count - 1)  # the rate of the epoch's last batch
             model.backend.synchronize()
@@ -397,7 +399,7 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     about_data = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
                   "class_names": list(data.class_names) if data.class_names else None}
     model = build_run_model(config, data, train_x, init_rng, data_rng)
-    del data
+    del data  # the splits are held as train_x, val_x, test_x
 
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum, config.weight_decay)
     start_epoch, history = 0, []
@@ -437,7 +439,7 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     del train_dev, val_dev  # the held-out test runs without the training images (on the GPU too)
 
     test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, about_data["num_classes"],
-                                                               config.batch_size, comm=comm)
+                                                               config.batch_size // comm.size, comm=comm)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,

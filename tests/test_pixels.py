@@ -134,3 +134,54 @@ def test_validation_runs_in_batches_of_the_training_batch_size(mnist, monkeypatc
     seen.clear()
     evaluate(model, get_backend("cpu").asarray(mnist.test_x[:600]), mnist.test_y[:600])
     assert [size for _, size in seen] == [256, 256, 88] and train.EVAL_BATCH_SIZE == 256
+
+
+def test_run_trains_on_uint8_without_the_full_training_images(tmp_path, monkeypatch):
+    """run() on a uint8 .npz: the full training images are released once split, before the
+    normalisation statistics and the model (only the splits are held from then on), the
+    device gets uint8, and validation and test run in batches of --batch-size."""
+    import gc
+    import weakref
+
+    import gpucnn.train as train
+    from gpucnn.datasets import load
+    from gpucnn.train import TrainConfig, run
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "pixels.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8), y_train=np.arange(120) % 3,
+             x_test=rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8), y_test=np.arange(30) % 3)
+    loaded = []  # a weak reference to the full training images
+
+    def loading(config):
+        data = load(config.dataset)
+        loaded.append(weakref.ref(data.train_x))
+        return data
+
+    monkeypatch.setattr(train, "load_dataset", loading)
+    seen = {}
+    fit, held_out_report, channel_stats = train.fit, train.held_out_report, train.channel_stats
+
+    def watching_stats(x):
+        gc.collect()
+        seen.update(full_alive_at_stats=loaded[0]() is not None, stats_of=x.shape)
+        return channel_stats(x)
+
+    def watching_fit(model, optimizer, train_set, val_set, **options):
+        gc.collect()
+        seen.update(full_alive=loaded[0]() is not None, train=train_set[0].dtype, val=val_set[0].dtype,
+                    batch_size=options["batch_size"])
+        return fit(model, optimizer, train_set, val_set, **options)
+
+    def watching_report(model, x, y, num_classes, batch_size, comm=None):
+        seen.update(test=x.dtype, test_batch_size=batch_size)
+        return held_out_report(model, x, y, num_classes, batch_size, comm)
+
+    monkeypatch.setattr(train, "channel_stats", watching_stats)
+    monkeypatch.setattr(train, "fit", watching_fit)
+    monkeypatch.setattr(train, "held_out_report", watching_report)
+    result = run(TrainConfig(dataset=str(path), arch="simple", epochs=1, batch_size=16, verbose=0),
+                 log=lambda *a, **k: None)
+    assert seen == {"full_alive_at_stats": False, "stats_of": (108, 3, 8, 8), "full_alive": False,
+                    "train": np.uint8, "val": np.uint8, "batch_size": 16, "test": np.uint8, "test_batch_size": 16}
+    assert len(result["predictions"]) == 30
