@@ -176,8 +176,10 @@ class Sequential:
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """x (N, C, H, W) host or device array -> host int64 class ids (N,).
 
-        Runs in eval mode in batches of ``batch_size`` (host batches are uploaded one by
-        one), keeps the results on the device and downloads them once."""
+        x holds float pixels in [0, 1] or uint8 pixels 0..255 (as gpucnn.datasets loads
+        them; each batch becomes float32 / 255 on the device). Runs in eval mode in
+        batches of ``batch_size`` (host batches are uploaded one by one), keeps the
+        results on the device and downloads them once."""
         return predict_batches(self, x, batch_size, "predict")
 
     def predict_proba(self, x, batch_size: int = 256) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module
+from .pixels import check_image_dtype, float_batch
 from .summary import trace_shapes
 
 
@@ -11,15 +12,19 @@ def predict_batches(model, x, batch_size, kind: str) -> np.ndarray:
     """x (N, ...) host or device array -> host class ids (N,) int64 for ``kind="predict"``,
     softmax probabilities (N, classes) for ``kind="predict_proba"``.
 
-    Runs in eval mode (the previous mode of the model and each layer comes back after,
-    also on an exception), in batches: a host ``x`` is uploaded one batch at a time, a
-    device ``x`` is sliced where it lies. Results stay on the device until one download.
+    x holds float pixels in [0, 1] or uint8 pixels 0..255; a uint8 batch becomes float32
+    in [0, 1] on the model's device after it is sliced (gpucnn.pixels.float_batch), then
+    the model's dtype. Runs in eval mode (the previous mode of the model and each layer
+    comes back after, also on an exception), in batches: a host ``x`` is uploaded one
+    batch at a time, a device ``x`` is sliced where it lies. Results stay on the device
+    until one download.
     """
     owner = f"Sequential.{kind}"
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"{owner} expected batch_size to be a positive int, got {batch_size!r}")
     dtype, classes = _check_input(model, x, owner)
-    cast = None if x.dtype == dtype else dtype  # casting a host batch costs nothing extra
+    pixels = x.dtype == np.uint8  # uploaded as uint8 (a quarter of the bytes), made float on the device
+    cast = None if x.dtype == dtype or pixels else dtype  # casting a host float batch costs nothing extra
     backend, n = model.backend, x.shape[0]
     if kind == "predict":
         out = backend.xp.empty(n, dtype=np.int64)  # (N,)
@@ -30,7 +35,11 @@ def predict_batches(model, x, batch_size, kind: str) -> np.ndarray:
     try:
         for start in range(0, n, batch_size):
             batch = slice(start, min(start + batch_size, n))
-            logits = model.forward(backend.asarray(x[batch], dtype=cast))  # (B, classes)
+            xb = backend.asarray(x[batch], dtype=cast)  # (B, ...) on the model's device
+            if pixels:
+                xb = float_batch(xb)  # float32 in [0, 1]
+                xb = xb if xb.dtype == dtype else xb.astype(dtype)
+            logits = model.forward(xb)  # (B, classes)
             out[batch] = logits.argmax(axis=1) if kind == "predict" else _softmax(logits)
     finally:
         for owner_of_flag, mode in modes:
@@ -51,7 +60,7 @@ def _check_input(model, x, owner: str):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(
             f"{owner} expected x as an array (N, C, H, W), got {type(x).__name__}; "
-            "convert with numpy.asarray(x, dtype=numpy.float32)"
+            "convert with numpy.asarray(x, dtype=numpy.float32), or numpy.uint8 for pixels 0..255"
         )
     xp = array_module(x)
     if xp is not np and xp is not model.backend.xp:
@@ -59,11 +68,8 @@ def _check_input(model, x, owner: str):
             f"{owner} got x on another device than the model (on {model.backend.name!r}); "
             "pass x as a numpy array or move the model there with model.to(...)"
         )
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(
-            f"{owner} expected float images, got x of dtype {x.dtype}; "
-            "cast with x.astype(numpy.float32) (and scale 0..255 pixels by / 255)"
-        )
+    check_image_dtype(x, owner, "cast pixels 0..255 with x.astype(numpy.uint8), other values with "
+                                "x.astype(numpy.float32) scaled into [0, 1]")
     shapes, failure = trace_shapes(model.layers, tuple(x.shape))
     if failure is not None:
         raise ValueError(f"{owner}: layer {failure[0]}: {failure[1]}")
@@ -73,5 +79,5 @@ def _check_input(model, x, owner: str):
             f"{shapes[-1]}; end the model with Flatten() and Dense(features, classes)"
         )
     params = model.parameters()
-    dtype = np.dtype(params[0].dtype) if params else np.dtype(x.dtype)
+    dtype = np.dtype(params[0].dtype) if params else np.dtype(np.float32 if x.dtype == np.uint8 else x.dtype)
     return dtype, shapes[-1][1]

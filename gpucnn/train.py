@@ -4,6 +4,7 @@ config.py, checkpoints in checkpoint.py, the choice of train / validation / test
 in splits.py, the architectures in zoo.py, what the user sees in report.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -25,6 +26,7 @@ from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_m
 from .layers import Dropout, Normalize
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
+from .pixels import check_image_dtype, float_batch
 from .random import default_generator
 from .report import Progress, format_confusion, format_epoch, stderr_is_terminal, write_metrics_json
 from .schedules import make_schedule
@@ -64,9 +66,18 @@ def eval_mode(model: Sequential):
             owner.training = mode
 
 
-def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
-    """Mean cross-entropy, accuracy and host predictions of ``model`` on device arrays x, y,
-    in evaluation mode (the previous mode is restored after).
+EVAL_BATCH_SIZE = 256  # evaluate() and held_out_report() without a batch size: Sequential.predict's
+
+
+def evaluate(model: Sequential, x, y, batch_size: int = EVAL_BATCH_SIZE, comm=None):
+    """Mean cross-entropy, accuracy and host predictions of ``model`` on device arrays
+    x (N, C, H, W), y (N,), in evaluation mode (the previous mode is restored after).
+
+    x holds uint8 pixels 0..255 or float pixels in [0, 1]; each batch of ``batch_size``
+    images is sliced where x lies and, when uint8, made float32 in [0, 1] there
+    (gpucnn.pixels.float_batch). :func:`fit` validates in batches of its training batch
+    size (as Keras' validation_batch_size defaults to batch_size): an evaluation batch
+    then holds no more memory than a training step.
 
     The loss is the plain cross-entropy, also when training smooths the labels (as timm
     validates). Everything accumulates on the device; two downloads in total.
@@ -75,6 +86,7 @@ def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
     every rank returns the numbers one process computes, and every prediction.
     """
     comm = SingleProcess() if comm is None else comm
+    check_image_dtype(x, "evaluate")
     xp = model.backend.xp
     loss_fn = SoftmaxCrossEntropy()
     n = len(y)
@@ -84,7 +96,7 @@ def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
     with eval_mode(model):
         for batch in batch_slices(part.stop - part.start, batch_size):
             images = slice(part.start + batch.start, part.start + batch.stop)
-            logits = model.forward(x[images])
+            logits = model.forward(float_batch(x[images]))  # (B, classes)
             loss_sum += loss_fn.forward(logits, y[images]) * (batch.stop - batch.start)
             predictions[batch] = logits.argmax(axis=1)
     predictions = model.backend.to_numpy(predictions)
@@ -101,7 +113,9 @@ def evaluate(model: Sequential, x, y, batch_size: int = 1000, comm=None):
 
 def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_fn=None, augment=None,
                 schedule=None, comm=None, sampler=None, stop=None):
-    """One pass over device arrays x (N, C, H, W), y (N,) in a fresh random order.
+    """One pass over device arrays x (N, C, H, W), y (N,) in a fresh random order; x holds
+    uint8 pixels 0..255 or float pixels in [0, 1], each gathered uint8 batch becomes float32
+    in [0, 1] on the device (gpucnn.pixels.float_batch) before ``augment`` and the model.
 
     ``loss_fn``: a SoftmaxCrossEntropy (label smoothing; plain by default); ``augment``:
     called as augment(xb, rng) on each gathered batch; ``schedule``: stepped after every
@@ -139,7 +153,7 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
                 layer.rng = step_rng
         if count:
             batch = order[shard]
-            xb, yb = x[batch], y[batch]  # gathered on the device
+            xb, yb = float_batch(x[batch]), y[batch]  # gathered on the device, then float32 there
             if augment is not None:
                 xb = augment(xb, step_rng)  # (B, C, H, W), drawn on the device from one host draw
             logits = model.forward(xb)
@@ -167,7 +181,8 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
 def _to_device(model, data, name):
     """(x, y) host or device arrays -> device arrays on the model's backend; host arrays are
     checked (shapes against the model, labels against its outputs) and uploaded once
-    (images as float32, labels as int64)."""
+    (uint8 images as uint8, float images as float32, labels as int64). Images of any
+    other dtype raise TypeError: only uint8 says "pixels 0..255"."""
     try:
         x, y = data
     except (TypeError, ValueError):
@@ -180,8 +195,9 @@ def _to_device(model, data, name):
             shape = layer.output_shape(shape)
         check_labels(y, shape[-1], name)
         y = model.backend.asarray(y, dtype=np.int64)
-    if isinstance(x, np.ndarray):
-        x = model.backend.asarray(x, dtype=np.float32)
+    check_image_dtype(x, f"fit: {name} images")
+    if isinstance(x, np.ndarray):  # on the CPU a uint8 or float32 array is used as it is, no copy
+        x = model.backend.asarray(x, dtype=None if x.dtype == np.uint8 else np.float32)
     return x, y
 
 
@@ -190,9 +206,15 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
         schedule=None, comm=None):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
     initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
-    after each epoch (None: no validation). Host numpy arrays are uploaded once to the
-    model's device; device arrays are used as they are. ``rng`` (a numpy Generator; None:
-    gpucnn's default generator) shuffles every epoch and draws the augmentations.
+    after each epoch (None: no validation). Images are uint8 pixels 0..255 (as the
+    datasets load them) or float pixels in [0, 1]: uint8 images stay uint8 on the device
+    and each batch becomes float32 in [0, 1] after it is gathered (``/ 255``, exactly the
+    values of a float32 copy divided by 255), so the whole set is never copied as floats.
+    Host numpy arrays are uploaded once to the model's device (floats as float32); device
+    arrays are used as they are. ``rng`` (a numpy Generator; None: gpucnn's default
+    generator) shuffles every epoch and draws the augmentations. Validation runs in
+    batches of ``batch_size`` (of a rank's shard of it, distributed): a validation batch
+    holds no more memory than a training step.
 
     Each epoch trains in training mode and validates in evaluation mode (BatchNorm's
     running statistics, no Dropout). ``loss_fn``, ``augment``, ``schedule``: as
@@ -220,6 +242,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     if val is not None:
         val = _to_device(model, val, "val")
     sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng)
+    eval_batch = max(1, batch_size // comm.size)  # a rank validates in batches of its training shard
     show_bar = verbose == 1 and comm.is_main and stderr_is_terminal()
     with StopSignal(comm) as stop:  # distributed: Ctrl-C stops every rank after the same step
         for epoch in range(start_epoch + 1, epochs + 1):
@@ -245,7 +268,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
             if comm.size > 1 and state_of(model):  # BatchNorm statistics: rank 0's, as saved and evaluated
                 comm.bcast_(state_of(model))
             if val is not None:
-                record["val_loss"], record["val_acc"], _ = evaluate(model, *val, comm=comm)
+                record["val_loss"], record["val_acc"], _ = evaluate(model, *val, eval_batch, comm=comm)
             if schedule is not None:
                 record["lr"] = schedule.lr_at(schedule.step_count - 1)  # the rate of the epoch's last batch
             model.backend.synchronize()
@@ -366,6 +389,9 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     val_x, val_y = data.train_x[splits.val], data.train_y[splits.val]
     test_x, test_y = ((data.test_x, data.test_y) if splits.test is None
                       else (data.test_x[splits.test], data.test_y[splits.test]))
+    # from here on ``data`` holds the run's splits: the full training images go now, before
+    # any model runs, so that they are never held beside the splits while training (peak memory)
+    data = dataclasses.replace(data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
     for name, labels in (("train", train_y), ("validation", val_y), ("test", test_y)):
         check_labels(labels, data.num_classes, name)
     log(f"data: {data.name or config.dataset}: {len(train_y)} train, {len(val_y)} validation, "
@@ -373,7 +399,7 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     about_data = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
                   "class_names": list(data.class_names) if data.class_names else None}
     model = build_run_model(config, data, train_x, init_rng, data_rng)
-    del data  # the splits are copies: let the full training arrays go (peak memory)
+    del data  # the splits are held as train_x, val_x, test_x
 
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum, config.weight_decay)
     start_epoch, history = 0, []
@@ -403,14 +429,17 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     augment = parse_augment(config.augment)
     fit_options = dict(loss_fn=SoftmaxCrossEntropy(config.label_smoothing), schedule=schedule,
                        augment=augment if augment else None)
-    # upload once: every batch is sliced on the device
+    # upload once, in the stored dtype (uint8 pixels stay uint8): every batch is sliced on the
+    # device and made float32 there; on the CPU these are the host arrays themselves
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
     val_dev = (backend.asarray(val_x), backend.asarray(val_y))
+    del train_x, val_x  # the device arrays (the same arrays on the CPU) are all that is kept
     history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng,
                                   start_epoch, history, log, run_meta, fit_options, comm)
+    del train_dev, val_dev  # the held-out test runs without the training images (on the GPU too)
 
     test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, about_data["num_classes"],
-                                                               comm=comm)
+                                                               config.batch_size // comm.size, comm=comm)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return {"device": backend.name, "config": config.to_dict(), "history": history,
@@ -459,10 +488,11 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
         raise TrainingInterrupted(saved["epoch"], saved["path"], during, note) from None
 
 
-def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = 1000, comm=None):
-    """Held-out evaluation of host arrays x, y in evaluation mode: (loss, accuracy,
+def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = EVAL_BATCH_SIZE, comm=None):
+    """Held-out evaluation of host arrays x (N, C, H, W) (uint8 pixels or floats in
+    [0, 1]), y (N,) in evaluation mode, ``batch_size`` images at a time: (loss, accuracy,
     predictions, confusion matrix); split over the ranks of ``comm`` and added up (see
-    :func:`evaluate`)."""
+    :func:`evaluate`). x is uploaded in its stored dtype (a no-op on the CPU)."""
     from sklearn.metrics import confusion_matrix
 
     backend = model.backend

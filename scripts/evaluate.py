@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's --limit-test, else all)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: the GPU when usable, else the CPU (default: auto)")
-    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
-                   help="images per forward pass; only memory and speed depend on it (default: 1000)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="images per forward pass; only memory and speed depend on it "
+                        "(default: the checkpoint's training --batch-size, else 256)")
     return p
 
 
@@ -99,7 +100,7 @@ def main(argv=None):
     from gpucnn.data import check_labels
     from gpucnn.report import format_confusion
     from gpucnn.splits import SplitError, data_generator, plan_splits
-    from gpucnn.train import held_out_report
+    from gpucnn.train import EVAL_BATCH_SIZE, held_out_report
 
     try:
         data = datasets.load(dataset, data_dir, download=args.download)
@@ -130,7 +131,8 @@ def main(argv=None):
     backend = get_backend(args.device)
     model.to(backend)
     print(f"device: {backend.name}")
-    loss, acc, _, matrix = held_out_report(model, test_x, test_y, data.num_classes, args.batch_size)
+    batch_size = args.batch_size or (meta and meta["config"].get("batch_size")) or EVAL_BATCH_SIZE
+    loss, acc, _, matrix = held_out_report(model, test_x, test_y, data.num_classes, batch_size)
     print(f"test: loss {loss:.4f}  accuracy {acc:.2%} on {len(test_y)} images")
     print("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
     return 0

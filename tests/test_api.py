@@ -163,7 +163,11 @@ def test_predict_refuses_bad_batch_size(bad):
                                   r"got \(2, 8, 8\); add a channel axis with x\[:, None\]"),
     (images(2, shape=(3, 8, 8)), ValueError, r"expected x of shape \(N, 1, H, W\), got \(2, 3, 8, 8\)"),
     (images(2, shape=(1, 10, 10)), ValueError, r"layer 4: Dense.*expected x of shape \(N, 64\), got \(2, 100\)"),
-    (np.zeros((2, 1, 8, 8), np.uint8), TypeError, r"expected float images, got x of dtype uint8; cast with"),
+    (np.zeros((2, 1, 8, 8), np.int64), TypeError, r"Sequential.predict expected images of uint8 pixels 0..255 or "
+                                                   r"float pixels in \[0, 1\], got dtype int64; cast pixels 0..255 with "
+                                                   r"x.astype\(numpy.uint8\)"),
+    (np.zeros((2, 1, 8, 8), bool), TypeError, r"expected images of uint8 pixels 0..255 or float pixels in \[0, 1\], "
+                                              r"got dtype bool"),
     ([[0.0]], TypeError, r"expected x as an array \(N, C, H, W\), got list; convert with numpy.asarray"),
 ])
 def test_predict_validates_x_up_front(x, error, message):
@@ -198,6 +202,29 @@ def test_predict_on_a_device_uploads_per_batch_and_downloads_once(where, kind):
     uploads = 5 if where == "host" else 0  # ceil(37 / 8) batches
     assert backend.xp.transfers == {"to_device": uploads, "to_host": 1}
     assert isinstance(result, np.ndarray) and result.dtype == expected.dtype
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
+@pytest.mark.parametrize("kind", ["predict", "predict_proba"])
+def test_predict_takes_uint8_pixels_as_the_same_floats_divided_by_255(where, kind):
+    """uint8 images 0..255 predict exactly as their float32 / 255 copy; on a device the
+    batches travel as uint8 (the same number of uploads) and become floats there."""
+    pixels = np.random.default_rng(2).integers(0, 256, (37, 1, 8, 8), dtype=np.uint8)
+    as_floats = pixels.astype(np.float32) / np.float32(255)
+    expected = getattr(small_model(), kind)(as_floats, batch_size=8)
+    np.testing.assert_array_equal(getattr(small_model(), kind)(pixels, batch_size=8), expected)
+    backend = standin_backend()
+    model = small_model().to(backend)
+    given = backend.asarray(pixels) if where == "device" else pixels
+    uploaded = []
+    upload = backend._to_device
+    backend._to_device = lambda a, dtype=None: uploaded.append(np.dtype(a.dtype)) or upload(a, dtype)
+    backend.xp.reset_transfers()
+    result = getattr(model, kind)(given, batch_size=8)
+    assert backend.xp.transfers == {"to_device": 5 if where == "host" else 0, "to_host": 1}
+    assert set(uploaded) == {np.dtype(np.uint8)}  # each batch is handed to the device as uint8
+    assert result.dtype == expected.dtype
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
 
 

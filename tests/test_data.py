@@ -20,8 +20,8 @@ TEST_LABELS, TEST_LABELS_SHA = MNIST_FILES["test_labels"]
 def test_committed_mnist_loads_with_the_documented_counts():
     data = load_mnist(REPO_MNIST, download=False)
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
-    assert data.train_x.dtype == np.float32 and data.train_y.dtype == np.int64
-    assert 0.0 == data.train_x.min() and data.train_x.max() == 1.0
+    assert data.train_x.dtype == np.uint8 and data.train_y.dtype == np.int64  # pixels as stored
+    assert 0 == data.train_x.min() and data.train_x.max() == 255
     # class counts from data/mnist/README.md
     assert np.bincount(data.train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(data.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -32,9 +32,11 @@ def test_load_mnist_by_name_from_the_committed_files():
     data = datasets.load("mnist", data_dir=REPO_MNIST)
     assert data.name == "mnist" and data.num_classes == 10 and data.class_names == tuple("0123456789")
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
-    assert data.train_x.dtype == np.float32 and data.train_y.dtype == np.int64
+    assert data.train_x.dtype == np.uint8 and data.train_y.dtype == np.int64  # pixels 0..255, as stored
+    assert data.train_x.flags.writeable and data.train_x.flags.c_contiguous
+    assert data.train_x.max() == 255 and data.test_x.max() == 255
     assert np.bincount(data.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    mean, std = datasets.channel_stats(data.train_x)  # the well-known MNIST normalisation
+    mean, std = datasets.channel_stats(data.train_x)  # the well-known MNIST normalisation, of [0, 1] images
     assert mean == pytest.approx([0.1307], abs=5e-5) and std == pytest.approx([0.3081], abs=5e-5)
 
 
@@ -70,8 +72,9 @@ def test_fashion_mnist_reads_the_official_format(fashion_files):
     folder, arrays = fashion_files
     data = datasets.load("fashion-mnist", data_dir=folder)
     assert data.name == "fashion-mnist" and data.class_names[0] == "T-shirt/top" and data.class_names[9] == "Ankle boot"
-    assert data.train_x.shape == (20, 1, 28, 28) and data.train_x.dtype == np.float32
-    np.testing.assert_array_equal(data.train_x[:, 0], arrays["train_images"].astype(np.float32) / np.float32(255))
+    assert data.train_x.shape == (20, 1, 28, 28) and data.train_x.dtype == np.uint8
+    np.testing.assert_array_equal(data.train_x[:, 0], arrays["train_images"])
+    np.testing.assert_array_equal(data.test_x[:, 0], arrays["test_images"])
     np.testing.assert_array_equal(data.test_y, arrays["test_labels"])
     assert data.test_y.dtype == np.int64
 
@@ -230,9 +233,9 @@ def test_cifar10_from_the_archive_then_from_the_extracted_files(cifar_archive):
     data = datasets.load("cifar10", data_dir=folder)
     assert data.name == "cifar10" and data.num_classes == 10 and data.class_names[:2] == ("airplane", "automobile")
     assert data.train_x.shape == (15, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
-    assert data.train_x.dtype == np.float32 and data.train_y.dtype == np.int64
-    np.testing.assert_array_equal(data.train_x, pixels["train"].astype(np.float32) / np.float32(255))
-    np.testing.assert_array_equal(data.test_x, pixels["test"].astype(np.float32) / np.float32(255))
+    assert data.train_x.dtype == np.uint8 and data.train_y.dtype == np.int64
+    np.testing.assert_array_equal(data.train_x, pixels["train"])
+    np.testing.assert_array_equal(data.test_x, pixels["test"])
     np.testing.assert_array_equal(data.train_y, labels["train"])  # data_batch_1 .. 5 in order
     np.testing.assert_array_equal(data.test_y, labels["test"])
     extracted = sorted(p.name for p in (folder / "cifar-10-batches-bin").iterdir())
@@ -309,7 +312,7 @@ def test_cifar10_download(cifar_archive, tmp_path, capsys):
     target = tmp_path / "target"
     with LocalServer(served) as server:
         data = cifar10.load_cifar10(target, download=True, mirrors=(dead_url(tmp_path), server.url))
-    np.testing.assert_array_equal(data.test_x, pixels["test"].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(data.test_x, pixels["test"])
     assert server.requests == ["/cifar-10-binary.tar.gz"]
     assert capsys.readouterr().err == ""
     (served / "cifar-10-binary.tar.gz").write_bytes(b"not the archive")
@@ -337,9 +340,21 @@ def test_npz_grayscale_uint8(tmp_path, rng):
     arrays = npz_arrays(rng)
     data = datasets.load(write_npz(tmp_path, **arrays))
     assert data.name == "mine" and data.num_classes == 3 and data.class_names is None
-    assert data.train_x.shape == (20, 1, 8, 8) and data.train_x.dtype == np.float32
-    np.testing.assert_array_equal(data.train_x[:, 0], arrays["x_train"].astype(np.float32) / np.float32(255))
+    assert data.train_x.shape == (20, 1, 8, 8) and data.train_x.dtype == np.uint8
+    np.testing.assert_array_equal(data.train_x[:, 0], arrays["x_train"])
     assert data.train_y.dtype == np.int64 and data.test_y.tolist() == arrays["y_test"].tolist()
+
+
+def test_npz_integer_pixels_become_uint8_channels_first(tmp_path, rng):
+    """Colour pixels of any integer dtype (checked 0..255) are kept as uint8 (N, C, H, W),
+    contiguous: the values unchanged, a quarter of a float32 copy."""
+    x_train = rng.integers(0, 256, (12, 5, 7, 3))  # int64 (N, H, W, C)
+    x_test = rng.integers(0, 256, (4, 5, 7, 3), dtype=np.uint8)
+    data = datasets.load(write_npz(tmp_path, x_train=x_train, y_train=np.arange(12) % 2,
+                                   x_test=x_test, y_test=np.array([1, 0, 1, 1])))
+    for got, want in ((data.train_x, x_train), (data.test_x, x_test)):
+        assert got.dtype == np.uint8 and got.shape == (len(want), 3, 5, 7) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want.transpose(0, 3, 1, 2))
 
 
 def test_npz_color_float_channels_last_with_keras_labels_and_names(tmp_path, rng):
@@ -467,18 +482,39 @@ def test_the_default_data_dir_is_relative_to_the_working_folder(tmp_path, monkey
 
 
 # -- channel statistics ------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
-def test_channel_stats_match_numpy(rng, monkeypatch, dtype):
+def test_channel_stats_match_numpy(rng, monkeypatch):
     monkeypatch.setattr(stats, "CHUNK_VALUES", 3 * 5 * 7 * 4)  # 4 images per chunk: several chunks and a short one
-    if dtype == np.float32:  # channels on different scales and offsets
-        scale, offset = np.array([1.0, 20.0, 300.0])[:, None, None], np.array([0.0, 5.0, -2.0])[:, None, None]
-        x = (rng.random((37, 3, 5, 7)) * scale + offset).astype(np.float32)  # (N, C, H, W)
-    else:
-        x = rng.integers(0, 256, (37, 3, 5, 7), dtype=np.uint8)
+    scale, offset = np.array([1.0, 20.0, 300.0])[:, None, None], np.array([0.0, 5.0, -2.0])[:, None, None]
+    x = (rng.random((37, 3, 5, 7)) * scale + offset).astype(np.float32)  # (N, C, H, W), channels on other scales
     mean, std = datasets.channel_stats(x)
     assert isinstance(mean, list) and isinstance(std[0], float) and len(mean) == len(std) == 3
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(std, x.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_images", [4, 1000])
+def test_channel_stats_of_uint8_pixels_are_those_of_the_float_images(rng, monkeypatch, chunk_images):
+    """uint8 pixels give the statistics of the [0, 1] float32 images the model sees (what
+    a saved Normalize layer expects), equal to the float path up to float64 rounding."""
+    monkeypatch.setattr(stats, "CHUNK_VALUES", 3 * 5 * 7 * chunk_images)
+    x = rng.integers(0, 256, (37, 3, 5, 7), dtype=np.uint8)  # (N, C, H, W)
+    x[:, 1] //= 7  # channels with different histograms
+    x[:, 2] = 255 - x[:, 2] // 3
+    as_floats = x.astype(np.float32) / np.float32(255)  # the old loaders' float images
+    mean, std = datasets.channel_stats(x)
+    float_mean, float_std = datasets.channel_stats(as_floats)
+    assert isinstance(mean[0], float) and isinstance(std[0], float) and len(mean) == len(std) == 3
+    np.testing.assert_allclose(mean, float_mean, rtol=1e-14)
+    np.testing.assert_allclose(std, float_std, rtol=1e-14)
+    np.testing.assert_allclose(mean, as_floats.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-14)
+    assert not np.allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)))  # not in 0..255 units
+    assert datasets.channel_stats(np.full((2, 1, 3, 3), 255, np.uint8)) == ([1.0], [0.0])
+
+
+def test_channel_stats_refuses_integer_images_other_than_uint8():
+    with pytest.raises(ValueError, match=r"channel_stats expected host images \(N, C, H, W\) as a NumPy array of uint8 "
+                                         r"pixels 0..255 or float pixels in \[0, 1\], got ndarray int64"):
+        datasets.channel_stats(np.zeros((4, 1, 8, 8), np.int64))
 
 
 def test_channel_stats_refuses_the_wrong_layout():

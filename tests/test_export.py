@@ -262,6 +262,7 @@ def test_unsupported_opset_and_missing_onnx_are_clear(tmp_path, rng, monkeypatch
 # -- the CLI -----------------------------------------------------------------------------
 def test_trained_mnist_checkpoint_exported_by_the_script_predicts_the_same_on_all_test_images(tmp_path, capsys):
     from gpucnn.data import load_mnist
+    from gpucnn.pixels import float_batch
 
     checkpoint = tmp_path / "simple.npz"
     result = run(TrainConfig(device="cpu", data_dir=REPO_MNIST, limit_train=2000, epochs=1, verbose=0,
@@ -271,7 +272,8 @@ def test_trained_mnist_checkpoint_exported_by_the_script_predicts_the_same_on_al
 
     test_x = load_mnist(REPO_MNIST).test_x
     assert len(test_x) == 10_000 and len(result["predictions"]) == 10_000
-    onnx_predictions = np.concatenate([onnx_run(tmp_path / "simple.onnx", test_x[i:i + 2500]).argmax(axis=1)
+    assert test_x.dtype == np.uint8  # the graph takes float32 images in [0, 1]: gpucnn's per-batch rule
+    onnx_predictions = np.concatenate([onnx_run(tmp_path / "simple.onnx", float_batch(test_x[i:i + 2500])).argmax(axis=1)
                                        for i in range(0, 10_000, 2500)])
     assert result["test_acc"] > 0.8  # a trained model, not a random one
     np.testing.assert_array_equal(onnx_predictions, result["predictions"])

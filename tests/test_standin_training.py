@@ -76,6 +76,33 @@ def test_planted_per_batch_host_sync_fails_the_epoch_test(monkeypatch):
         assert_epoch_counts_bounded(0)
 
 
+def test_a_uint8_epoch_on_the_standin_converts_each_batch_on_the_device():
+    """uint8 pixels go up once as uint8 and each gathered batch becomes float32 on the
+    device: no finding, per epoch only the shuffled order goes up (64 batches as 4), and
+    the numbers are NumPy's on the float32 / 255 images."""
+    data = load_digits()
+    pixels = np.round(data.train_x[:N_TRAIN] * 255).astype(np.uint8)  # (N, 1, 8, 8) 0..255
+    labels, as_floats = data.train_y[:N_TRAIN], pixels.astype(np.float32) / np.float32(255)
+    per_epoch, histories = {}, []
+    for batch_size in (8, 128):
+        backend = standin_backend()
+        model = build_model("simple", data.input_shape, 10, np.random.default_rng(0)).to(backend)
+        train_set = (backend.asarray(pixels), backend.asarray(labels))
+        val_set = (backend.asarray(pixels[:200]), backend.asarray(labels[:200]))
+        assert train_set[0].dtype == np.uint8
+        backend.xp.reset_transfers()
+        histories.append(fit(model, OPTIMIZERS["adam"](model), train_set, val_set, epochs=2, batch_size=batch_size,
+                             rng=np.random.default_rng(1), verbose=0, log=quiet))
+        per_epoch[batch_size] = {k: v / 2 for k, v in backend.xp.transfers.items()}
+    assert per_epoch[8] == per_epoch[128] and per_epoch[8]["to_device"] <= 1, per_epoch
+    model = build_model("simple", data.input_shape, 10, np.random.default_rng(0))
+    on_numpy = fit(model, OPTIMIZERS["adam"](model), (as_floats, labels), (as_floats[:200], labels[:200]), epochs=2,
+                   batch_size=128, rng=np.random.default_rng(1), verbose=0, log=quiet)
+    for host, dev in zip(on_numpy, histories[1]):
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+            assert dev[key] == pytest.approx(host[key], rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_optimizer_and_arch_trains_on_the_standin_as_on_numpy(arch, optimizer):

@@ -3,9 +3,15 @@
     data = gpucnn.datasets.load("cifar10", data_dir="data/cifar10", download=True)
     mean, std = gpucnn.datasets.channel_stats(data.train_x)
 
-Every source returns a Dataset of host arrays: images (N, C, H, W) float32 in [0, 1],
-labels (N,) int64 in [0, num_classes). Files are checked against published checksums;
-nothing is downloaded unless ``download=True`` (the CLI's --download).
+Every source returns a Dataset of host arrays: images (N, C, H, W) in their stored dtype,
+uint8 pixels 0..255 (MNIST, Fashion-MNIST, CIFAR-10, a .npz of integer pixels) or float32
+in [0, 1] (digits, a .npz of float pixels), and labels (N,) int64 in [0, num_classes).
+As in torchvision and Keras, uint8 images stay uint8 until a batch is formed: fit,
+evaluate and predict make each batch float32 in [0, 1] (``/ 255``) on its device
+(gpucnn.pixels.float_batch), a quarter of the memory of a float32 copy of the set.
+``channel_stats`` gives the statistics of the [0, 1] images either way. Files are checked
+against published checksums; nothing is downloaded unless ``download=True`` (the CLI's
+--download).
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def load_cifar10(data_dir, download: bool = False, mirrors=CIFAR10_MIRRORS, time
     """CIFAR-10 from ``data_dir``: the extracted cifar-10-batches-bin/ when present, else
     cifar-10-binary.tar.gz (verified, then extracted next to it), else a download when
     ``download`` is true. Every batch file's SHA-256 is checked on every load.
-    Returns train (50000, 3, 32, 32) and test (10000, 3, 32, 32) float32 in [0, 1]."""
+    Returns train (50000, 3, 32, 32) and test (10000, 3, 32, 32) uint8 pixels 0..255."""
     data_dir = Path(data_dir)
     archive_name, archive_sha, archive_size = CIFAR10_ARCHIVE
     archive = data_dir / archive_name
@@ -92,14 +92,14 @@ def extract_batches(archive: Path, data_dir: Path, names) -> None:
 
 
 def read_batches(folder: Path, names) -> tuple[np.ndarray, np.ndarray]:
-    """Batch files -> images (N, 3, 32, 32) float32 in [0, 1] and labels (N,) int64; each
+    """Batch files -> images (N, 3, 32, 32) uint8 pixels 0..255 and labels (N,) int64; each
     file is read once, checked (size, SHA-256) and parsed with np.frombuffer."""
     for name in names:  # sizes first: a truncated file is named before anything is allocated
         size, expected = (folder / name).stat().st_size, CIFAR10_BATCHES[name][1]
         if size != expected:
             raise DataError(f"{folder / name}: expected {expected} bytes, got {size}; {_FIX}")
     total = sum(CIFAR10_BATCHES[name][1] for name in names) // RECORD_BYTES
-    images = np.empty((total, 3, 32, 32), dtype=np.float32)  # (N, 3, 32, 32)
+    images = np.empty((total, 3, 32, 32), dtype=np.uint8)  # (N, 3, 32, 32)
     labels = np.empty(total, dtype=np.int64)
     start = 0
     for name in names:
@@ -111,7 +111,6 @@ def read_batches(folder: Path, names) -> tuple[np.ndarray, np.ndarray]:
         start = stop
     if total and labels.max() >= len(CIFAR10_CLASSES):
         raise DataError(f"{folder}: expected labels in [0, 10), got a maximum of {labels.max()}")
-    np.divide(images, np.float32(255.0), out=images)
     return images, labels
 
 

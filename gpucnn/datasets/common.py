@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pixels import float_batch
+
 
 class DataError(ValueError):
     """A data file is missing, truncated, corrupted or not what it claims to be."""
@@ -15,7 +17,14 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Host arrays: images (N, C, H, W) float32 in [0, 1], labels (N,) int64 in [0, num_classes).
+    """Host arrays: images (N, C, H, W), labels (N,) int64 in [0, num_classes).
+
+    Images keep the dtype they are stored in, as torchvision and Keras keep them: uint8
+    pixels 0..255 (MNIST, Fashion-MNIST, CIFAR-10, a .npz of integer pixels), or float32
+    in [0, 1] (scikit-learn's digits, a .npz of float pixels). Training, evaluation and
+    prediction turn uint8 pixels into float32 in [0, 1] one batch at a time, after the
+    batch is gathered (gpucnn.pixels.float_batch: ``astype(float32) / float32(255)``),
+    so no float copy of the whole set is ever made.
 
     ``class_names`` is a tuple of num_classes strings when the source names its classes,
     else None; ``name`` says where the data came from ("mnist", "cifar10", a file's stem).
@@ -66,8 +75,11 @@ def missing_message(title: str, data_dir: Path, missing: list[str], source: str,
             "--download on the command line, download=True in gpucnn.datasets.load()")
 
 
-def to_float_images(images: np.ndarray, scale: float = 255.0) -> np.ndarray:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1] (one float32 copy, divided in place)."""
-    out = images.astype(np.float32)[:, None]  # (N, 1, H, W)
-    np.divide(out, np.float32(scale), out=out)
-    return out
+def to_float_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) -> a float32 copy (N, 1, H, W) in [0, 1], by the rule of
+    gpucnn.pixels.float_batch. The loaders no longer make this copy (training converts
+    batch by batch); it is here for code that wants the whole set as floats."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"to_float_images expected uint8 images (N, H, W), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}")
+    return float_batch(images[:, None])  # (N, 1, H, W)

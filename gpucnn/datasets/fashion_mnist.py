@@ -39,7 +39,7 @@ def load_fashion_mnist(data_dir, download: bool = False, mirrors=FASHION_MIRRORS
                        timeout: float = 30.0) -> Dataset:
     """Fashion-MNIST from the four official .gz files in ``data_dir`` (archive SHA-256
     checked on every load); missing files are downloaded only when ``download`` is true.
-    Returns train (60000, 1, 28, 28) and test (10000, 1, 28, 28) float32 in [0, 1]."""
+    Returns train (60000, 1, 28, 28) and test (10000, 1, 28, 28) uint8 pixels 0..255."""
     data_dir = Path(data_dir)
     missing = [name for name, _, _ in FASHION_FILES.values() if not (data_dir / name).exists()]
     if missing:

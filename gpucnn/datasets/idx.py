@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import DataError, Dataset, to_float_images
+from .common import DataError, Dataset
 
 IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # ndim -> magic number of unsigned-byte IDX files
 # The four files of an IDX image set, by role; MNIST and Fashion-MNIST use the same names.
@@ -59,7 +59,8 @@ def read_idx(path, expected_sha256: str | None = None) -> np.ndarray:
 
 
 def idx_dataset(arrays: dict, title: str, name: str, class_names: tuple) -> Dataset:
-    """Four IDX arrays (keys of IDX_NAMES) -> Dataset, images (N, 1, H, W) float32 in [0, 1]."""
+    """Four IDX arrays (keys of IDX_NAMES) -> Dataset, images (N, 1, H, W) uint8 pixels 0..255
+    (writable copies: read_idx's arrays are read-only views of the file's bytes)."""
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -68,7 +69,7 @@ def idx_dataset(arrays: dict, title: str, name: str, class_names: tuple) -> Data
             raise DataError(f"{title} {split} labels: expected values in [0, {len(class_names)}), "
                             f"got a maximum of {labels.max()}")
     return Dataset(
-        train_x=to_float_images(arrays["train_images"]), train_y=arrays["train_labels"].astype(np.int64),
-        test_x=to_float_images(arrays["test_images"]), test_y=arrays["test_labels"].astype(np.int64),
+        train_x=arrays["train_images"][:, None].copy(), train_y=arrays["train_labels"].astype(np.int64),  # (N, 1, H, W)
+        test_x=arrays["test_images"][:, None].copy(), test_y=arrays["test_labels"].astype(np.int64),  # (N, 1, H, W)
         num_classes=len(class_names), class_names=class_names, name=name,
     )

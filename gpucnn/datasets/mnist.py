@@ -48,7 +48,7 @@ def load_mnist(data_dir, download: bool = False, mirrors=MNIST_MIRRORS) -> Datas
 
     Missing files are downloaded from ``mirrors`` only when ``download`` is true;
     otherwise the error names the missing files and both remedies.
-    Returns train (60000, 1, 28, 28) and test (10000, 1, 28, 28) float32 in [0, 1].
+    Returns train (60000, 1, 28, 28) and test (10000, 1, 28, 28) uint8 pixels 0..255.
     """
     data_dir = Path(data_dir)
     missing = [name + ".gz" for name, _ in MNIST_FILES.values() if _find(data_dir, name) is None]

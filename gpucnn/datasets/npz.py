@@ -2,7 +2,8 @@
 like Keras datasets, and optionally class_names.
 
 Images (N, H, W) or (N, H, W, C), uint8 0-255 or float in [0, 1]; labels (N,) integers
-0..K-1 with every class present in the training split. Read with allow_pickle=False:
+0..K-1 with every class present in the training split. Integer pixels are kept as uint8
+(N, C, H, W), float pixels become float32 (N, C, H, W): the Dataset convention. Read with allow_pickle=False:
 an object array is refused, never unpickled. Everything is checked up front.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ _SAVE_HINT = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
 
 
 def load_npz(path) -> Dataset:
-    """Images (N, H, W[, C]) -> (N, C, H, W) float32 in [0, 1]; labels -> (N,) int64."""
+    """Images (N, H, W[, C]) -> (N, C, H, W) uint8 0..255 (integer pixels) or float32 in
+    [0, 1] (float pixels); labels -> (N,) int64."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected a .npz file written by {_SAVE_HINT}; check the path")
@@ -38,8 +40,10 @@ def load_npz(path) -> Dataset:
                             f"(it holds: {', '.join(archive.files) or 'nothing'}); fix: {_SAVE_HINT}")
         arrays = {key: _read(archive, key, path) for key in (*REQUIRED, "class_names") if key in archive.files}
 
-    train_x, shape = _images(arrays["x_train"], "x_train", path)
-    test_x, test_shape = _images(arrays["x_test"], "x_test", path)
+    train_x, shape = _images(arrays.pop("x_train"), "x_train", path)
+    train_x = _to_nchw(train_x)  # the file's (N, H, W, C) array goes now: one image copy at a time
+    test_x, test_shape = _images(arrays.pop("x_test"), "x_test", path)
+    test_x = _to_nchw(test_x)
     if test_shape != shape:
         raise DataError(f"{path}: x_test: expected images of the training shape (H, W, C) = {shape}, got "
                         f"{test_shape}; fix: give both splits the same height, width and channels")
@@ -48,7 +52,7 @@ def load_npz(path) -> Dataset:
     class_names = _class_names(arrays.get("class_names"), path)
     num_classes = len(class_names) if class_names else int(train_y.max()) + 1
     _check_classes(train_y, test_y, num_classes, class_names is not None, path)
-    return Dataset(_to_nchw(train_x), train_y, _to_nchw(test_x), test_y, num_classes=num_classes,
+    return Dataset(train_x, train_y, test_x, test_y, num_classes=num_classes,
                    class_names=class_names, name=path.stem)
 
 
@@ -144,8 +148,7 @@ def _check_classes(train_y, test_y, num_classes: int, named: bool, path: Path) -
 
 
 def _to_nchw(x: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 or float -> (N, C, H, W) float32 in [0, 1], one copy."""
-    out = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)  # (N, C, H, W)
-    if x.dtype.kind in "iu":
-        np.divide(out, np.float32(255.0), out=out)
-    return out
+    """(N, H, W, C) integer pixels 0..255 or float pixels in [0, 1] (checked) -> (N, C, H, W)
+    uint8 or float32, the pixel values unchanged; one copy (none for C == 1 in the right dtype)."""
+    dtype = np.uint8 if x.dtype.kind in "iu" else np.float32
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=dtype)  # (N, C, H, W)
