@@ -64,6 +64,7 @@ import numpy as np
 
 from .backend import array_module, to_host
 from .data import batch_slices
+from .parallel import share_cpus_with
 from .random import default_generator
 
 __all__ = [
@@ -347,8 +348,9 @@ def get_communicator(backend=None) -> Communicator:
         return SingleProcess()
     comm = world.Dup()  # our collectives never mix with the caller's own use of COMM_WORLD
     shared = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
-    local_rank = shared.Get_rank()
+    local_rank, local_size = shared.Get_rank(), shared.Get_size()
     shared.Free()
+    share_cpus_with(local_size)  # chunked layer work: each rank takes its share of the CPUs
     reason, driver, device = "cpu", None, None
     if backend is not None and backend.name == "gpu":
         cupy = backend.xp  # the GPU backend's array module is cupy: no import here

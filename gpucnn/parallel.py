@@ -26,6 +26,7 @@ from .backend import array_module
 
 CHUNK_BYTES = 1 << 20  # per group of channels: about one core's L2 (1 MiB here); measured best of 0.5-4 MiB
 _num_threads: int | None = None  # None: the CPUs this process may run on
+_processes_sharing_cpus = 1  # ranks of a distributed run on this machine (share_cpus_with)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -43,18 +44,28 @@ def set_num_threads(count: int) -> None:
             _pool = None
 
 
+def share_cpus_with(processes: int) -> None:
+    """``processes`` ranks of a distributed run share this machine's CPUs: the default
+    thread count (no set_num_threads, no OMP_NUM_THREADS) becomes their share of them.
+    gpucnn.distributed.get_communicator calls it with the ranks on the machine."""
+    global _processes_sharing_cpus
+    _processes_sharing_cpus = max(1, int(processes))
+
+
 def get_num_threads() -> int:
     """The threads chunked layer work uses: set_num_threads's value, else OMP_NUM_THREADS
-    (as PyTorch and OpenBLAS read it), else the CPUs this process may run on."""
+    (as PyTorch and OpenBLAS read it), else the CPUs this process may run on (divided by
+    the ranks of a distributed run on this machine)."""
     if _num_threads is not None:
         return _num_threads
     from_env = os.environ.get("OMP_NUM_THREADS", "")
     if from_env.isdigit() and int(from_env) > 0:
         return int(from_env)
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // _processes_sharing_cpus)
 
 
 def channel_chunks(x, axis: int = 1) -> list[slice]:

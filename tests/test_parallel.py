@@ -163,3 +163,15 @@ def test_convolution_and_pooling_in_chunks_equal_one_piece_bit_for_bit(layers, r
     for a, b in zip(g0, g1):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(dx0, dx1)
+
+
+def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
+    monkeypatch.setattr(parallel, "_num_threads", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(parallel, "_processes_sharing_cpus", 1)
+    assert parallel.get_num_threads() == 8
+    parallel.share_cpus_with(3)
+    assert parallel.get_num_threads() == 2  # 8 CPUs, 3 ranks: 2 threads each
+    parallel.share_cpus_with(16)
+    assert parallel.get_num_threads() == 1
