@@ -46,3 +46,28 @@ def test_batchnorm_one_pass_variance_in_float32(offset, tolerance, rng):
     unbiased = x.astype(np.float64).var(axis=(0, 2, 3)) * count / (count - 1)
     running_var = (layer.state["running_var"] - 0.9) / 0.1  # one step from 1 with momentum 0.1
     np.testing.assert_allclose(running_var, unbiased, rtol=tolerance)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_tiled_max_pool_backward_equals_the_offset_by_offset_path(kernel, monkeypatch):
+    """Windows that tile a batch-innermost input take the all-offsets-at-once path; with ties
+    (equal and within 16 eps) it must route dy exactly as the general path does."""
+    from gpucnn.layers import MaxPool2D, pooling
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 2 * kernel * 3, kernel * 4)).astype(np.float32)
+    x[:, :, ::kernel, 1::kernel] = x[:, :, ::kernel, ::kernel]  # exact ties in the first row
+    x[:, 1, 1::kernel, ::kernel] = x[:, 1, ::kernel, ::kernel] * np.float32(1 - 4e-7)  # ties within eps
+    x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)  # (C, H, W, N) memory
+    layer = MaxPool2D(kernel)
+    y = layer.forward(x)
+    dy = np.ascontiguousarray(rng.standard_normal(y.shape).astype(np.float32).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    tiled_calls = []
+    route = pooling.MaxPool2D._route_tiled
+    monkeypatch.setattr(pooling.MaxPool2D, "_route_tiled",
+                        lambda self, *a: (tiled_calls.append(1), route(self, *a))[1])
+    fast = layer.backward(dy)
+    assert tiled_calls
+    monkeypatch.setattr(pooling, "_batch_innermost", lambda a: False)
+    general = layer.backward(dy)
+    np.testing.assert_array_equal(fast, general)
+    assert np.count_nonzero(fast) == dy.size  # one input per window

@@ -159,6 +159,8 @@ class MaxPool2D(_Pool2D):
         to its first maximum in row-major order."""
         xp = array_module(dy)
         out_hw = y.shape[2:]
+        if self._tiles(x_padded, out_hw) and all(map(_batch_innermost, (x_padded, y, dy, dx_padded))):
+            return self._route_tiled(x_padded, y, dy, dx_padded)
         # every temporary is allocated like y (empty_like): the layout stays batch-innermost
         tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, c, OH, OW)
         tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
@@ -183,6 +185,44 @@ class MaxPool2D(_Pool2D):
                 found, hit = hit, xp.empty_like(hit)
             elif k < last:
                 found |= hit
+
+
+    def _route_tiled(self, x_padded, y, dy, dx_padded):
+        """_route_to_first_max where the windows tile the input and every array is an NCHW
+        view of (C, H, W, N) memory (Conv2D's layout): then (C, H, W, N) is a free reshape
+        to (C, OH, kh, OW, kw, N), so one comparison and one multiply cover every offset at
+        once; only the first-maximum bookkeeping goes offset by offset, on booleans."""
+        xp = array_module(dy)
+        (kh, kw), (out_h, out_w) = self.kernel_size, y.shape[2:]
+        n, c = y.shape[:2]
+
+        def blocks(a, rows, cols):  # (N, c, OH*rows, OW*cols) -> (c, OH, rows, OW, cols, N), a view
+            return a.transpose(1, 2, 3, 0).reshape(c, out_h, rows, out_w, cols, n)
+
+        y6, dy6 = blocks(y, 1, 1), blocks(dy, 1, 1)  # (c, OH, 1, OW, 1, N)
+        tied_with_max = xp.abs(y6, out=xp.empty_like(y6))
+        tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
+        tied_with_max += y6  # y - 16 eps |y|: values this close count as the maximum
+        hit = xp.greater_equal(blocks(x_padded, kh, kw), tied_with_max,
+                               out=xp.empty((c, out_h, kh, out_w, kw, n), dtype=bool))  # every offset
+        # keep the first hit of each window in row-major order: offset k loses where an
+        # earlier one hit (bools: a > b is a and not b)
+        found = hit[:, :, 0, :, 0].copy()  # (c, OH, OW, N)
+        offsets = [(i, j) for i in range(kh) for j in range(kw)][1:]
+        for k, (i, j) in enumerate(offsets):
+            hit_k = hit[:, :, i, :, j]
+            xp.greater(hit_k, found, out=hit_k)
+            if k < len(offsets) - 1:
+                found |= hit_k
+        xp.multiply(dy6, hit, out=blocks(dx_padded, kh, kw))  # dy to each window's first maximum
+
+
+def _batch_innermost(a) -> bool:
+    """Whether an (N, C, H, W) array is an NCHW view of C-contiguous (C, H, W, N) memory."""
+    n, c, h, w = a.shape
+    item = a.dtype.itemsize
+    expected = (item, h * w * n * item, w * n * item, n * item)
+    return all(stride == want for stride, want, size in zip(a.strides, expected, a.shape) if size > 1)
 
 
 class AvgPool2D(_Pool2D):
