@@ -89,13 +89,16 @@ class _Pool2D(Layer):
         out_h, out_w = out_hw
         return s == kh == kw and x_padded.shape[2:] == (out_h * kh, out_w * kw)
 
-    def _gradient_buffer(self, x_padded, out_hw):
-        """dx_padded, laid out like x_padded: zeros, unless the windows tile it exactly
-        (then every element is written by _scatter and zeroing it first is wasted work)."""
-        xp = array_module(x_padded)
-        dx_padded = xp.empty_like(x_padded)
-        if not self._tiles(x_padded, out_hw):
+    def _zero_unless_tiled(self, dx_padded, out_hw) -> None:
+        """Zero a gradient buffer unless the windows tile it exactly (then every element is
+        written by the scatter, and zeroing it first is wasted work)."""
+        if not self._tiles(dx_padded, out_hw):
             dx_padded.fill(0)  # empty_like + fill: on NumPy zeros_like is slower for this layout
+
+    def _gradient_buffer(self, x_padded, out_hw):
+        """dx_padded, laid out like x_padded: zeros where no window writes."""
+        dx_padded = array_module(x_padded).empty_like(x_padded)
+        self._zero_unless_tiled(dx_padded, out_hw)
         return dx_padded
 
     def _scatter(self, dx_padded, dy, factors):
@@ -162,11 +165,8 @@ class MaxPool2D(_Pool2D):
         if self._tiles(x_padded, out_hw) and all(map(_batch_innermost, (x_padded, y, dy, dx_padded))):
             return self._route_tiled(x_padded, y, dy, dx_padded)
         # every temporary is allocated like y (empty_like): the layout stays batch-innermost
-        tied_with_max = xp.abs(y, out=xp.empty_like(y))  # (N, c, OH, OW)
-        tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
-        tied_with_max += y  # y - 16 eps |y|: values this close count as the maximum
-        if not self._tiles(x_padded, out_hw):
-            dx_padded.fill(0)  # some inputs are in no window, or in several
+        tied_with_max = _tied_with_max(y)  # (N, c, OH, OW)
+        self._zero_unless_tiled(dx_padded, out_hw)
         product = xp.empty_like(dy) if self._overlapping else None
         # Scan the offsets in row-major order: `hit` marks the windows whose first maximum
         # is at offset k, `found` those whose maximum an earlier offset already took.
@@ -186,7 +186,6 @@ class MaxPool2D(_Pool2D):
             elif k < last:
                 found |= hit
 
-
     def _route_tiled(self, x_padded, y, dy, dx_padded):
         """_route_to_first_max where the windows tile the input and every array is an NCHW
         view of (C, H, W, N) memory (Conv2D's layout): then (C, H, W, N) is a free reshape
@@ -200,10 +199,7 @@ class MaxPool2D(_Pool2D):
             return a.transpose(1, 2, 3, 0).reshape(c, out_h, rows, out_w, cols, n)
 
         y6, dy6 = blocks(y, 1, 1), blocks(dy, 1, 1)  # (c, OH, 1, OW, 1, N)
-        tied_with_max = xp.abs(y6, out=xp.empty_like(y6))
-        tied_with_max *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
-        tied_with_max += y6  # y - 16 eps |y|: values this close count as the maximum
-        hit = xp.greater_equal(blocks(x_padded, kh, kw), tied_with_max,
+        hit = xp.greater_equal(blocks(x_padded, kh, kw), _tied_with_max(y6),
                                out=xp.empty((c, out_h, kh, out_w, kw, n), dtype=bool))  # every offset
         # keep the first hit of each window in row-major order: offset k loses where an
         # earlier one hit (bools: a > b is a and not b)
@@ -215,6 +211,15 @@ class MaxPool2D(_Pool2D):
             if k < len(offsets) - 1:
                 found |= hit_k
         xp.multiply(dy6, hit, out=blocks(dx_padded, kh, kw))  # dy to each window's first maximum
+
+
+def _tied_with_max(y):
+    """y - 16 eps |y|, laid out like y: window values this close to the maximum count as it."""
+    xp = array_module(y)
+    tied = xp.abs(y, out=xp.empty_like(y))
+    tied *= -TIE_EPS_MULTIPLE * np.finfo(y.dtype).eps
+    tied += y
+    return tied
 
 
 def _batch_innermost(a) -> bool:
