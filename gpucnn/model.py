@@ -10,7 +10,7 @@ import numpy as np
 from .backend import get_backend, to_host
 from .fileio import atomic_output
 from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
-from .predict import predict_batches
+from .predict import EVAL_BATCH_SIZE, predict_batches
 from .summary import summary_table, trace_shapes
 
 FORMAT_VERSION = 1
@@ -173,7 +173,7 @@ class Sequential:
         """
         return summary_table(self, input_shape)
 
-    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
         """x (N, C, H, W) host or device array -> host int64 class ids (N,).
 
         x holds float pixels in [0, 1] or uint8 pixels 0..255 (as gpucnn.datasets loads
@@ -182,7 +182,7 @@ class Sequential:
         results on the device and downloads them once."""
         return predict_batches(self, x, batch_size, "predict")
 
-    def predict_proba(self, x, batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, x, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
         """x (N, C, H, W) host or device array -> host softmax probabilities (N, classes),
         in the model's dtype (float32 by default); batched as :meth:`predict`."""
         return predict_batches(self, x, batch_size, "predict_proba")

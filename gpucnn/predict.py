@@ -7,6 +7,8 @@ from .backend import array_module
 from .pixels import check_image_dtype, float_batch
 from .summary import trace_shapes
 
+EVAL_BATCH_SIZE = 256  # images per inference batch when none is given: predict, evaluate, the test report
+
 
 def predict_batches(model, x, batch_size, kind: str) -> np.ndarray:
     """x (N, ...) host or device array -> host class ids (N,) int64 for ``kind="predict"``,

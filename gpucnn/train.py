@@ -27,6 +27,7 @@ from .layers import Dropout, Normalize
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .pixels import check_image_dtype, float_batch
+from .predict import EVAL_BATCH_SIZE  # evaluate() and held_out_report() without a batch size: as predict
 from .random import default_generator
 from .report import Progress, format_confusion, format_epoch, stderr_is_terminal, write_metrics_json
 from .schedules import make_schedule
@@ -64,9 +65,6 @@ def eval_mode(model: Sequential):
     finally:
         for owner, mode in modes:
             owner.training = mode
-
-
-EVAL_BATCH_SIZE = 256  # evaluate() and held_out_report() without a batch size: Sequential.predict's
 
 
 def evaluate(model: Sequential, x, y, batch_size: int = EVAL_BATCH_SIZE, comm=None):
