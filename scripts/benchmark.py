@@ -38,6 +38,7 @@ DROPPED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPE
                if name in os.environ}
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -56,7 +57,8 @@ from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
 from gpucnn.parallel import get_num_threads, set_num_threads  # noqa: E402
 from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
-from measure import SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
+from measure import SETTLE_SECONDS, SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
+from gemm_floor import GemmFloorCase, gemm_floor_seconds  # noqa: E402
 from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
 from scaling import plot_scaling, scaling_points, scaling_table  # noqa: E402
 from torch_twin import TorchCase  # noqa: E402
@@ -103,24 +105,34 @@ def batch_data(batch, input_shape):
     return data.random((batch, *input_shape), dtype=np.float32), data.integers(0, CLASSES, batch)
 
 
-def make_cases(arch, batch, input_shape, backend, torch, optimizer) -> dict:
+def make_cases(arch, batch, input_shape, backend, torch, optimizer, floor: bool = False) -> dict:
+    """gpucnn's case; PyTorch's twin when torch is given (CPU only); with ``floor``, the
+    matrix multiplies of gpucnn's step alone (CPU only, scripts/gemm_floor.py)."""
     x, y = batch_data(batch, input_shape)
     model = build_model(arch, input_shape, CLASSES, np.random.default_rng(0))
     cases = {"gpucnn": GpucnnCase(model, backend, x, y, optimizer)}
     if torch is not None and backend.name == "cpu":
         cases["torch"] = TorchCase(model, torch, x, y, optimizer, LEARNING_RATES[optimizer])
+    if floor and backend.name == "cpu":
+        cases["floor"] = GemmFloorCase(cases["gpucnn"].model, cases["gpucnn"].x)
     return cases
 
 
-def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmPeak | None = None) -> dict:
-    cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer)
+def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmPeak | None = None,
+             floor: bool = True) -> dict:
+    cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer, floor)
     row = {"arch": arch, "batch": batch, "input": list(input_shape), "device": backend.name}
     for mode in ("train", "eval"):
-        speed = measure(cases, mode, batch, args.steps, args.warmup, args.repeats, clock)
+        speed = measure(cases, mode, batch, args.steps, args.warmup, args.repeats, clock, settle(args))
         row[f"{mode}_img_s"] = speed["gpucnn"]
         if "torch" in speed:
             row[f"torch_{mode}_img_s"] = speed["torch"]
             row[f"{mode}_ratio"] = speed["gpucnn"] / speed["torch"]
+        if mode == "train" and "floor" in speed:  # interleaved with the other cases' repeats
+            row["gemm_floor_img_s"] = speed["floor"]
+            if "torch" in speed:
+                row["ratio_ceiling"] = speed["floor"] / speed["torch"]
+    cases.pop("floor", None)  # its arrays would count in the peak memory below
     row["train_flops_per_image"] = gemm_flops_per_image(cases["gpucnn"].model, input_shape)[1]
     if peak:
         peak.measure(args.repeats)
@@ -132,6 +144,11 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmP
 
 
 # -- the command line -----------------------------------------------------------------------
+def settle(args) -> float:
+    """The pause before each timed repeat (measure.SETTLE_SECONDS); none in a --quick smoke run."""
+    return 0.0 if args.quick else SETTLE_SECONDS
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default="all",
@@ -209,7 +226,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         print(f"forward + backward in training mode, {args.threads} threads, median of {args.repeats} "
               f"repeats of {args.steps} (ratio > 1: gpucnn faster)")
-        rows = layer_table(torch, measure, args.steps, args.warmup, args.repeats,
+        rows = layer_table(torch, functools.partial(measure, settle=settle(args)), args.steps, args.warmup, args.repeats,
                            time.process_time if args.cpu_time else time.perf_counter)
         write_json(args.json, {"layers": rows})
         return 0
@@ -256,9 +273,16 @@ def main(argv=None):
                     rows = profile_step(case.model, case.loss, case.optimizer, backend, case.x, case.y,
                                         steps=args.steps, warmup=args.warmup, clock=clock)
                     print(f"{arch}, batch {batch}, input {INPUT_SHAPES[arch]}, {backend.name}:")
-                    print(profile_table(rows, batch) + "\n", flush=True)
-                    result["profiles"].append({"arch": arch, "batch": batch, "device": backend.name,
-                                               "parts": rows})
+                    print(profile_table(rows, batch), flush=True)
+                    profile = {"arch": arch, "batch": batch, "device": backend.name, "parts": rows}
+                    if backend.name == "cpu":
+                        floor = gemm_floor_seconds(case.model, case.x, args.repeats, clock=clock)
+                        step = sum(r["ms"] for r in rows) * 1e-3
+                        print(f"matrix multiplies alone (scripts/gemm_floor.py): {floor * 1e3:.3f} ms, "
+                              f"{100 * floor / step:.0f}% of the step")
+                        profile["gemm_floor_ms"] = floor * 1e3
+                    print(flush=True)
+                    result["profiles"].append(profile)
         write_json(args.json, result)
         return 0
 
@@ -279,7 +303,7 @@ def main(argv=None):
         sweep_archs = [a for a in ("simple", "lenet") if a in args.archs]
         points = []
         for arch, batch, input_shape in scaling_points(sweep_archs, args.quick):
-            point = run_case(arch, batch, input_shape, backends[0], torch, args, clock)
+            point = run_case(arch, batch, input_shape, backends[0], torch, args, clock, floor=False)
             points.append(point)
             print(format_row(point), flush=True)
         print("\n" + scaling_table(points))
@@ -301,6 +325,9 @@ def format_row(r):
         parts.append(f"(torch {r['torch_train_img_s']:.0f}, x{r['train_ratio']:.2f})")
     if "peak_fraction" in r:
         parts.append(f"{100 * r['peak_fraction']:.0f}% of SGEMM peak;")
+    if "gemm_floor_img_s" in r:
+        ceiling = f", ceiling x{r['ratio_ceiling']:.2f}" if "ratio_ceiling" in r else ""
+        parts.append(f"matrix multiplies alone {r['gemm_floor_img_s']:.0f} img/s{ceiling};")
     parts.append(f"eval {r['eval_img_s']:.0f} img/s")
     if "eval_ratio" in r:
         parts.append(f"(torch {r['torch_eval_img_s']:.0f}, x{r['eval_ratio']:.2f})")
@@ -312,14 +339,16 @@ def table(rows) -> str:
     def f(v, spec):
         return "-" if v is None else format(v, spec)
     head = ("| network | input | batch | device | gpucnn train img/s | torch train img/s | train ratio | "
-            "% of SGEMM peak | gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
-    lines = [head, "|" + "---|" * 12]
+            "% of SGEMM peak | matrix multiplies alone img/s | ratio ceiling | "
+            "gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         fraction = r.get("peak_fraction")
         lines.append(
             f"| {r['arch']} | {'x'.join(map(str, r['input']))} | {r['batch']} | {r['device']} | "
             f"{r['train_img_s']:.0f} | {f(r.get('torch_train_img_s'), '.0f')} | {f(r.get('train_ratio'), '.2f')} | "
             f"{f(fraction and 100 * fraction, '.0f')} | "
+            f"{f(r.get('gemm_floor_img_s'), '.0f')} | {f(r.get('ratio_ceiling'), '.2f')} | "
             f"{r['eval_img_s']:.0f} | {f(r.get('torch_eval_img_s'), '.0f')} | {f(r.get('eval_ratio'), '.2f')} | "
             f"{f(r.get('peak_mib'), '.0f')} / {f(r.get('torch_peak_mib'), '.0f')} |")
     return "\n".join(lines)

@@ -33,14 +33,23 @@ def peak_rss_mib() -> float | None:
 
 
 # -- timing ---------------------------------------------------------------------------------
+# Pause before every timed repeat. After a call, OpenBLAS's worker threads spin for about
+# 0.1 s (2**28 cycles, its default THREAD_TIMEOUT) before they sleep, and PyTorch's OpenMP
+# workers spin too; a case timed right after another one lost a core to them. Measured on
+# the development VM (2 threads, lenet, batch 64): PyTorch ran at 2,280 img/s right after
+# gpucnn's repeat and at 2,850-3,100 img/s after this pause, or with OPENBLAS_THREAD_TIMEOUT=4.
+# With the pause every case starts on quiet cores, as it would running alone.
+SETTLE_SECONDS = 0.2
 def measure(cases: dict, mode: str, batch: int, steps: int, warmup: int, repeats: int,
-            clock=time.perf_counter) -> dict:
-    """Median images/s per case; repeats interleaved across the cases."""
+            clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
+    """Median images/s per case; repeats interleaved across the cases, each after a pause
+    of ``settle`` seconds (SETTLE_SECONDS)."""
     for case in cases.values():
         getattr(case, f"{mode}_steps")(warmup)
     seconds = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
+            time.sleep(settle)
             start = clock()
             getattr(case, f"{mode}_steps")(steps)
             seconds[name].append(clock() - start)

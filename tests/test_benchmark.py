@@ -18,6 +18,8 @@ from gpucnn.zoo import ARCHS, build_model
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+import measure  # noqa: E402
+from gemm_floor import GemmFloorCase  # noqa: E402
 from profile_step import gemm_flops_per_image, profile_step  # noqa: E402
 from scaling import scaling_points  # noqa: E402
 from torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
@@ -45,6 +47,7 @@ def test_benchmark_quick_mode_runs_and_writes_json(tmp_path):
         assert row["peak_fraction"] == pytest.approx(
             row["train_flops_per_image"] * row["train_img_s"] / result["sgemm_peak_flops"])
         assert row["train_ratio"] > 0  # the PyTorch twin ran (same parameter count checked)
+        assert row["ratio_ceiling"] == pytest.approx(row["gemm_floor_img_s"] / row["torch_train_img_s"])
     assert "scaling" not in result  # --quick skips the sweep unless asked to plot it
 
 
@@ -105,6 +108,33 @@ def test_gemm_flops_per_image_from_the_layer_shapes():
     lenet = build_model("lenet", (1, 28, 28), 10)
     forward = 2 * (16 * 25 * 28 * 28 + 32 * 16 * 25 * 10 * 10 + 800 * 128 + 128 * 10)
     assert gemm_flops_per_image(lenet, (1, 28, 28))[0] == forward
+
+
+def test_gemm_floor_runs_the_multiplies_of_the_step_in_the_layers_shapes():
+    """lenet on a batch of 3: every Conv2D and Dense multiply of a training step (no input
+    gradient for the first layer), each with the operands' shapes the layer uses."""
+    model = build_model("lenet", (1, 28, 28), 10, np.random.default_rng(0))
+    floor = GemmFloorCase(model, np.zeros((3, 1, 28, 28), np.float32))
+    assert model.training  # the case's forward pass in eval mode left the model as it found it
+    shapes = [call().shape for call in floor.training]
+    assert shapes == [(16, 28 * 28 * 3), (26, 16),  # conv1 forward and weight gradient (+ bias row)
+                      (32, 10 * 10 * 3), (401, 32), (400, 10 * 10 * 3),  # conv2, with dcols
+                      (3, 128), (800, 128), (3, 800),  # dense 800->128
+                      (3, 10), (128, 10), (3, 128)]  # dense 128->10
+    assert [call().shape for call in floor.evaluation] == [shapes[0], shapes[2], shapes[5], shapes[8]]
+
+
+def test_measure_pauses_before_every_timed_repeat(monkeypatch):
+    """Idle BLAS / OpenMP threads of the case before must go quiet (measure.SETTLE_SECONDS)."""
+    pauses = []
+    monkeypatch.setattr(measure.time, "sleep", pauses.append)
+
+    class Case:
+        def train_steps(self, steps):
+            pass
+
+    measure.measure({"a": Case(), "b": Case()}, "train", 1, steps=1, warmup=0, repeats=3)
+    assert pauses == [measure.SETTLE_SECONDS] * 6 and measure.SETTLE_SECONDS >= 0.1
 
 
 @pytest.mark.parametrize("arch", ARCHS)
