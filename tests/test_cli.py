@@ -485,3 +485,26 @@ def test_figure_names_the_run_labels_every_axis_in_percent(digits_checkpoint):
     assert sum(int(t.get_text()) for t in numbers) == 100
     kernels = panels["first-layer kernels: 32 of 5x5"]
     assert len(kernels.images) == 1 and kernels.images[0].get_array().shape == (23, 47)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "4"), ("12", "12")])
+def test_cli_lets_openblas_workers_sleep_unless_the_user_chose(preset, expected):
+    """OPENBLAS_THREAD_TIMEOUT is set before NumPy (and so OpenBLAS) is loaded; a user's value wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    probe = ("import runpy, sys; sys.argv = ['train.py', '--help']\n"
+             "import builtins; seen = {}; real_import = builtins.__import__\n"
+             "def spy(name, *a, **k):\n"
+             "    if name == 'numpy' and 'at_numpy' not in seen:\n"
+             "        import os; seen['at_numpy'] = os.environ.get('OPENBLAS_THREAD_TIMEOUT')\n"
+             "    return real_import(name, *a, **k)\n"
+             "builtins.__import__ = spy\n"
+             "try:\n"
+             f"    runpy.run_path({str(REPO / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('at numpy import:', seen['at_numpy'])\n")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"at numpy import: {expected}"
