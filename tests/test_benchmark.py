@@ -67,6 +67,8 @@ def test_benchmark_profile_lists_every_layer_the_loss_and_the_optimizer(tmp_path
     stdout = run_benchmark("--profile", "--archs", "lenet", "--batch-sizes", "4", "--steps", "2",
                            "--warmup", "1", "--threads", "1", "--cpu-time", "--json", str(out))
     assert "| part | ms per step | share | page faults |" in stdout
+    assert "matrix multiplies alone (scripts/gemm_floor.py):" in stdout
+    assert json.loads(out.read_text())["profiles"][0]["gemm_floor_ms"] > 0
     parts = json.loads(out.read_text())["profiles"][0]["parts"]
     names = [p["part"] for p in parts]
     assert len(names) == 2 * 10 + 3  # 10 layers forward and backward, loss twice, optimizer
