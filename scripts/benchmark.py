@@ -128,10 +128,11 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmP
         if "torch" in speed:
             row[f"torch_{mode}_img_s"] = speed["torch"]
             row[f"{mode}_ratio"] = speed["gpucnn"] / speed["torch"]
-        if mode == "train" and "floor" in speed:  # interleaved with the other cases' repeats
-            row["gemm_floor_img_s"] = speed["floor"]
+        if "floor" in speed:  # interleaved with the other cases' repeats
+            prefix = "" if mode == "train" else "eval_"
+            row[f"{prefix}gemm_floor_img_s"] = speed["floor"]
             if "torch" in speed:
-                row["ratio_ceiling"] = speed["floor"] / speed["torch"]
+                row[f"{prefix}ratio_ceiling"] = speed["floor"] / speed["torch"]
     cases.pop("floor", None)  # its arrays would count in the peak memory below
     row["train_flops_per_image"] = gemm_flops_per_image(cases["gpucnn"].model, input_shape)[1]
     if peak:
@@ -226,8 +227,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         print(f"forward + backward in training mode, {args.threads} threads, median of {args.repeats} "
               f"repeats of {args.steps} (ratio > 1: gpucnn faster)")
-        rows = layer_table(torch, functools.partial(measure, settle=settle(args)), args.steps, args.warmup, args.repeats,
-                           time.process_time if args.cpu_time else time.perf_counter)
+        rows = layer_table(torch, functools.partial(measure, settle=settle(args)), args.steps, args.warmup,
+                           args.repeats, time.process_time if args.cpu_time else time.perf_counter)
         write_json(args.json, {"layers": rows})
         return 0
     torch = None

@@ -13,18 +13,18 @@ Per Conv2D with K = C_in*kh*kw and L = OH*OW*N (Conv2D.forward / backward):
 forward (C_out, K+1) @ (K+1, L); weight gradient (K+1, L) @ (L, C_out) (a transposed
 view of the C-contiguous (C_out, L) gradient); input gradient (K, C_out) @ (C_out, L)
 into a reused buffer, skipped for the first layer. Per Dense (N, in) -> (N, out):
-x @ W, x.T @ dy, and (W @ dy.T).T or dy @ W.T for the input gradient, depending on
-x's layout, as Dense.backward chooses.
+x @ W, x.T @ dy, and the input gradient through Dense's own ``input_gradient``.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 
 from gpucnn.layers import Conv2D, Dense
+from gpucnn.layers.dense import input_gradient
 from gpucnn.model import execution_order
+from measure import measure
 
 
 def step_multiplies(model, x) -> tuple[list, list]:
@@ -47,22 +47,16 @@ def step_multiplies(model, x) -> tuple[list, list]:
             k = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
             cols, weight = random((k + 1, out_h * out_w * n)), random((c_out, k + 1))  # (K+1, L)
             dy_2d, dcols = random((c_out, out_h * out_w * n)), np.empty((k, out_h * out_w * n), np.float32)
-            forward = lambda w=weight, c=cols: w @ c  # noqa: E731
-            training += [forward, lambda c=cols, d=dy_2d: c @ d.T]
+            evaluation.append(lambda w=weight, c=cols: w @ c)
+            training += [evaluation[-1], lambda c=cols, d=dy_2d: c @ d.T]
             if position > 0:
                 training.append(lambda w=weight[:, :k], d=dy_2d, out=dcols: np.matmul(w.T, d, out=out))
         elif isinstance(layer, Dense):
             inputs, weight, dy = x, layer.params["weight"], random(y.shape)  # the real input's layout
-            forward = lambda a=inputs, w=weight: a @ w  # noqa: E731
-            training += [forward, lambda a=inputs, d=dy: a.T @ d]
-            if position > 0 and inputs.flags.f_contiguous and not inputs.flags.c_contiguous:
-                training.append(lambda w=weight, d=dy: (w @ d.T).T)
-            elif position > 0:
-                training.append(lambda w=weight, d=dy: d @ w.T)
-        else:
-            forward = None
-        if forward is not None:
-            evaluation.append(forward)
+            evaluation.append(lambda a=inputs, w=weight: a @ w)
+            training += [evaluation[-1], lambda a=inputs, d=dy: a.T @ d]
+            if position > 0:
+                training.append(lambda a=inputs, w=weight, d=dy: input_gradient(a, w, d))
         x = y
     model.train(was_training)
     return training, evaluation
@@ -88,12 +82,6 @@ class GemmFloorCase:
 
 def gemm_floor_seconds(model, x, repeats: int = 7, warmup: int = 2, clock=time.perf_counter) -> float:
     """Seconds per training step that the step's matrix multiplies alone take: the median
-    over ``repeats`` rounds, after ``warmup`` rounds."""
-    case = GemmFloorCase(model, x)
-    case.train_steps(warmup)
-    seconds = []
-    for _ in range(repeats):
-        start = clock()
-        case.train_steps(1)
-        seconds.append(clock() - start)
-    return statistics.median(seconds)
+    over ``repeats`` rounds, after ``warmup`` rounds (scripts/measure.measure, no pause)."""
+    per_second = measure({"floor": GemmFloorCase(model, x)}, "train", 1, 1, warmup, repeats, clock, settle=0.0)
+    return 1.0 / per_second["floor"]

@@ -40,6 +40,8 @@ def peak_rss_mib() -> float | None:
 # gpucnn's repeat and at 2,850-3,100 img/s after this pause, or with OPENBLAS_THREAD_TIMEOUT=4.
 # With the pause every case starts on quiet cores, as it would running alone.
 SETTLE_SECONDS = 0.2
+
+
 def measure(cases: dict, mode: str, batch: int, steps: int, warmup: int, repeats: int,
             clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
     """Median images/s per case; repeats interleaved across the cases, each after a pause

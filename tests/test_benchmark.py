@@ -48,6 +48,7 @@ def test_benchmark_quick_mode_runs_and_writes_json(tmp_path):
             row["train_flops_per_image"] * row["train_img_s"] / result["sgemm_peak_flops"])
         assert row["train_ratio"] > 0  # the PyTorch twin ran (same parameter count checked)
         assert row["ratio_ceiling"] == pytest.approx(row["gemm_floor_img_s"] / row["torch_train_img_s"])
+        assert row["eval_ratio_ceiling"] == pytest.approx(row["eval_gemm_floor_img_s"] / row["torch_eval_img_s"])
     assert "scaling" not in result  # --quick skips the sweep unless asked to plot it
 
 

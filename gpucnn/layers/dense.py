@@ -63,9 +63,15 @@ class Dense(Layer):
         self.grads["bias"] = dy.sum(axis=0)  # (out_features,)
         if not need_input_grad:
             return None
-        weight = self.params["weight"]
-        if x.flags.f_contiguous and not x.flags.c_contiguous:
-            # x is a view of (in_features, N) memory (Flatten of batch-innermost feature
-            # maps): hand dx back in that layout, so the layers below need no transposing copy
-            return (weight @ dy.T).T  # (N, in_features)
-        return dy @ weight.T  # (N, in_features)
+        return input_gradient(x, self.params["weight"], dy)
+
+
+def input_gradient(x, weight, dy):
+    """dx = dy @ weight.T (N, in_features), in x's memory layout.
+
+    When x is a view of (in_features, N) memory (Flatten of batch-innermost feature maps),
+    dx comes back in that layout, so the layers below need no transposing copy.
+    """
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        return (weight @ dy.T).T  # (N, in_features)
+    return dy @ weight.T  # (N, in_features)
