@@ -40,18 +40,27 @@ def peak_rss_mib() -> float | None:
 # gpucnn's repeat and at 2,850-3,100 img/s after this pause, or with OPENBLAS_THREAD_TIMEOUT=4.
 # With the pause every case starts on quiet cores, as it would running alone.
 SETTLE_SECONDS = 0.2
+# Untimed steps after that pause. On the development VM (KVM) the first one or two steps
+# after 0.2 s of idle ran 1.5-2.5x slower than the rest, for gpucnn (simple, batch 64,
+# OPENBLAS_THREAD_TIMEOUT=4: 23 and 18 ms, then 9.5-11.7 ms; median of 8 pauses), PyTorch
+# less so (21 then 18-20 ms): waking idle cores after a pause is slow on a VM. No epoch has
+# such pauses between its steps, so each case runs these steps again after the pause before
+# its repeat is timed.
+REWARM_STEPS = 2
 
 
 def measure(cases: dict, mode: str, batch: int, steps: int, warmup: int, repeats: int,
             clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
     """Median images/s per case; repeats interleaved across the cases, each after a pause
-    of ``settle`` seconds (SETTLE_SECONDS)."""
+    of ``settle`` seconds (SETTLE_SECONDS) and, when there was one, REWARM_STEPS untimed steps."""
     for case in cases.values():
         getattr(case, f"{mode}_steps")(warmup)
     seconds = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
             time.sleep(settle)
+            if settle:
+                getattr(case, f"{mode}_steps")(REWARM_STEPS)
             start = clock()
             getattr(case, f"{mode}_steps")(steps)
             seconds[name].append(clock() - start)

@@ -127,17 +127,28 @@ def test_gemm_floor_runs_the_multiplies_of_the_step_in_the_layers_shapes():
     assert [call().shape for call in floor.evaluation] == [shapes[0], shapes[2], shapes[5], shapes[8]]
 
 
-def test_measure_pauses_before_every_timed_repeat(monkeypatch):
-    """Idle BLAS / OpenMP threads of the case before must go quiet (measure.SETTLE_SECONDS)."""
-    pauses = []
-    monkeypatch.setattr(measure.time, "sleep", pauses.append)
+def test_measure_pauses_then_rewarms_before_every_timed_repeat(monkeypatch):
+    """Idle BLAS / OpenMP threads of the case before must go quiet (measure.SETTLE_SECONDS),
+    and the steps right after the pause are not timed (measure.REWARM_STEPS)."""
+    events = []
+    monkeypatch.setattr(measure.time, "sleep", lambda seconds: events.append(("pause", seconds)))
 
     class Case:
-        def train_steps(self, steps):
-            pass
+        def __init__(self, name):
+            self.name = name
 
-    measure.measure({"a": Case(), "b": Case()}, "train", 1, steps=1, warmup=0, repeats=3)
-    assert pauses == [measure.SETTLE_SECONDS] * 6 and measure.SETTLE_SECONDS >= 0.1
+        def train_steps(self, steps):
+            events.append((self.name, steps))
+
+    measure.measure({"a": Case("a"), "b": Case("b")}, "train", 1, steps=5, warmup=0, repeats=2)
+    pause, rewarm = ("pause", measure.SETTLE_SECONDS), measure.REWARM_STEPS
+    repeat = [pause, ("a", rewarm), ("a", 5), pause, ("b", rewarm), ("b", 5)]
+    assert events == [("a", 0), ("b", 0)] + repeat * 2
+    assert measure.SETTLE_SECONDS >= 0.1 and rewarm >= 1
+
+    events.clear()  # no pause (--quick): nothing to rewarm from
+    measure.measure({"a": Case("a")}, "train", 1, steps=5, warmup=1, repeats=1, settle=0.0)
+    assert events == [("a", 1), ("pause", 0.0), ("a", 5)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
