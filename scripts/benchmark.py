@@ -36,6 +36,10 @@ import os
 # slower kernel; a user's machine would not have them, so the benchmark drops them.
 DROPPED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                if name in os.environ}
+# gpucnn is timed as its scripts run it: scripts/train.py lets OpenBLAS's idle workers sleep
+# at once instead of spinning for 0.1 s on the cores gpucnn's next passes need (a value the
+# user set wins; 0 is OpenBLAS's default). PyTorch's MKL and OpenMP threads do not read it.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -57,7 +61,7 @@ from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
 from gpucnn.parallel import get_num_threads, set_num_threads  # noqa: E402
 from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
-from measure import SETTLE_SECONDS, SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
+from measure import REWARM_STEPS, SETTLE_SECONDS, SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
 from gemm_floor import GemmFloorCase, gemm_floor_seconds  # noqa: E402
 from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
 from scaling import plot_scaling, scaling_points, scaling_table  # noqa: E402
@@ -253,16 +257,21 @@ def main(argv=None):
     print(f"machine: {machine}")
     print(f"numpy {np.__version__}, BLAS: {', '.join(blas) or 'unknown'}"
           + (f"; torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""))
+    print(f"OPENBLAS_THREAD_TIMEOUT={os.environ['OPENBLAS_THREAD_TIMEOUT']} (as scripts/train.py sets it; "
+          "0: OpenBLAS's default, workers spin 0.1 s after each call)")
     if DROPPED_ENV:
         print("ignored from the environment (a user's machine would not set them; they slow NumPy's "
               "BLAS down): " + ", ".join(f"{k}={v}" for k, v in DROPPED_ENV.items()))
     print(f"SGEMM peak (1024x1024 float32 matmul, median of {len(peak.seconds)}; measured again "
           f"before every case): {peak.flops / 1e9:.1f} GFLOP/s")
     print(f"optimizer: {args.optimizer}; clock: {'process CPU time' if args.cpu_time else 'wall'}; "
-          f"steps per repeat {args.steps}, repeats {args.repeats} (median), warm-up {args.warmup}\n")
+          f"steps per repeat {args.steps}, repeats {args.repeats} (median), warm-up {args.warmup}"
+          + ("" if args.quick else f"; each repeat after a {SETTLE_SECONDS} s pause and {REWARM_STEPS} "
+             "untimed steps") + "\n")
     result = {"machine": machine, "blas": blas, "threads": args.threads, "optimizer": args.optimizer,
               "torch": getattr(torch, "__version__", None),
-              "steps": args.steps, "repeats": args.repeats, "clock": "cpu" if args.cpu_time else "wall"}
+              "steps": args.steps, "repeats": args.repeats, "clock": "cpu" if args.cpu_time else "wall",
+              "openblas_thread_timeout": os.environ["OPENBLAS_THREAD_TIMEOUT"]}
 
     if args.profile:
         result["sgemm_peak_flops"], result["profiles"] = peak.flops, []

@@ -487,13 +487,16 @@ def test_figure_names_the_run_labels_every_axis_in_percent(digits_checkpoint):
     assert len(kernels.images) == 1 and kernels.images[0].get_array().shape == (23, 47)
 
 
+@pytest.mark.parametrize("script", ["train.py", "benchmark.py"])
 @pytest.mark.parametrize("preset, expected", [(None, "4"), ("12", "12")])
-def test_cli_lets_openblas_workers_sleep_unless_the_user_chose(preset, expected):
-    """OPENBLAS_THREAD_TIMEOUT is set before NumPy (and so OpenBLAS) is loaded; a user's value wins."""
+def test_scripts_let_openblas_workers_sleep_unless_the_user_chose(script, preset, expected):
+    """OPENBLAS_THREAD_TIMEOUT is set before NumPy (and so OpenBLAS) is loaded; a user's value
+    wins. The benchmark times gpucnn as the training script runs it."""
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     if preset is not None:
         env["OPENBLAS_THREAD_TIMEOUT"] = preset
-    probe = ("import runpy, sys; sys.argv = ['train.py', '--help']\n"
+    probe = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+             f"sys.path.insert(0, {str(REPO / 'scripts')!r})  # as `python scripts/{script}` would\n"
              "import builtins; seen = {}; real_import = builtins.__import__\n"
              "def spy(name, *a, **k):\n"
              "    if name == 'numpy' and 'at_numpy' not in seen:\n"
@@ -501,7 +504,7 @@ def test_cli_lets_openblas_workers_sleep_unless_the_user_chose(preset, expected)
              "    return real_import(name, *a, **k)\n"
              "builtins.__import__ = spy\n"
              "try:\n"
-             f"    runpy.run_path({str(REPO / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+             f"    runpy.run_path({str(REPO / 'scripts' / script)!r}, run_name='__main__')\n"
              "except SystemExit:\n"
              "    pass\n"
              "print('at numpy import:', seen['at_numpy'])\n")
