@@ -39,9 +39,9 @@ def subprocess_env() -> dict:
                 MKL_NUM_THREADS="1")
 
 
-def start_job(cmd: list[str], cwd=REPO) -> subprocess.Popen:
+def start_job(cmd: list[str], cwd=REPO, env=None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), cwd=cwd, start_new_session=True)
+                            env=subprocess_env() if env is None else env, cwd=cwd, start_new_session=True)
 
 
 def wait_job(proc: subprocess.Popen, cmd: list[str], timeout: float, start: float):
@@ -56,13 +56,14 @@ def wait_job(proc: subprocess.Popen, cmd: list[str], timeout: float, start: floa
     return proc.returncode, out, err, time.monotonic() - start
 
 
-def run_job(cmd: list[str], timeout: float, cwd=REPO):
+def run_job(cmd: list[str], timeout: float, cwd=REPO, env=None):
     """-> (returncode, stdout, stderr, seconds); a job past ``timeout`` is killed and fails the test."""
     start = time.monotonic()
-    return wait_job(start_job(cmd, cwd), cmd, timeout, start)
+    return wait_job(start_job(cmd, cwd, env), cmd, timeout, start)
 
 
-def run_mpi(n: int, program, *args, timeout: float = 180, cwd=REPO):
-    """``mpiexec -n n python -m mpi4py program args...``; ``program`` relative to tests/mpi_programs."""
+def run_mpi(n: int, program, *args, timeout: float = 180, cwd=REPO, env=None):
+    """``mpiexec -n n python -m mpi4py program args...``; ``program`` relative to tests/mpi_programs;
+    ``env``: the ranks' environment (default: subprocess_env())."""
     cmd = [*mpiexec(n), sys.executable, "-m", "mpi4py", str(PROGRAMS / program), *map(str, args)]
-    return run_job(cmd, timeout, cwd)
+    return run_job(cmd, timeout, cwd, env)

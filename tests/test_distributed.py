@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from gpucnn import parallel
 from gpucnn.backend import get_backend, gpu_status
 from gpucnn.data import batch_slices
 from gpucnn.distributed import (NCCLCommunicator, ShardedSampler, SingleProcess, StopSignal, _CupyNCCL,
@@ -20,7 +21,7 @@ from gpucnn.distributed import (NCCLCommunicator, ShardedSampler, SingleProcess,
                                 parameters_of, ring_allreduce_seconds, shard_range, state_of,
                                 step_generator, time_allreduce)
 from gpucnn.train import build_model
-from mpirun import PROGRAMS, run_job, run_mpi
+from mpirun import PROGRAMS, run_job, run_mpi, subprocess_env
 from standin import standin_backend
 
 sys.path.insert(0, str(PROGRAMS))
@@ -78,6 +79,16 @@ def test_a_failing_rank_ends_the_whole_job(mode, code):
     else:
         assert "rank 1 failed on purpose" in err
     assert "finished an allreduce" not in out
+
+
+def test_ranks_on_one_machine_split_its_cpus_between_their_blas_threads():
+    """Without OMP_NUM_THREADS and the like, each of 2 ranks runs BLAS on its share of the
+    CPUs, as gpucnn's own threads (oversubscribed, they trained 2-29x slower on 2 cores)."""
+    env = {k: v for k, v in subprocess_env().items() if k not in parallel.BLAS_THREAD_VARIABLES}
+    rc, out, err, _ = run_mpi(2, "blas_share.py", env=env, timeout=120)
+    assert rc == 0, err
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert sorted(out.splitlines()) == [f"rank {r}: blas [{share}] gpucnn {share}" for r in (0, 1)]
 
 
 def test_one_process_without_a_launcher_is_single_process():

@@ -170,8 +170,36 @@ def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(parallel, "_processes_sharing_cpus", 1)
+    blas_limits = []  # BLAS gets the same share (the next test); this process's stays as it is
+    monkeypatch.setattr(parallel, "_limit_blas_threads", blas_limits.append)
     assert parallel.get_num_threads() == 8
     parallel.share_cpus_with(3)
     assert parallel.get_num_threads() == 2  # 8 CPUs, 3 ranks: 2 threads each
     parallel.share_cpus_with(16)
     assert parallel.get_num_threads() == 1
+    assert blas_limits == [2, 1]
+
+
+def _blas_threads(threadpoolctl):
+    return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("chosen", [None, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"])
+def test_ranks_on_one_machine_share_blas_threads_unless_the_user_chose(monkeypatch, chosen):
+    """Each rank's BLAS gets the rank's share of the CPUs, as gpucnn's own threads do; a
+    thread count the user set through the environment stands."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="needs threadpoolctl (scikit-learn's dependency)")
+    for variable in parallel.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if chosen:
+        monkeypatch.setenv(chosen, "2")
+    monkeypatch.setattr(parallel, "_num_threads", None)
+    monkeypatch.setattr(parallel, "_processes_sharing_cpus", 1)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    controller = threadpoolctl.ThreadpoolController()
+    with controller.limit(limits=3, user_api="blas"):  # restores this process's BLAS threads after
+        before = _blas_threads(threadpoolctl)
+        assert before, "NumPy's BLAS is not visible to threadpoolctl"
+        parallel.share_cpus_with(4)  # 8 CPUs, 4 ranks on this machine
+        expected = before if chosen else [2] * len(before)
+        assert _blas_threads(threadpoolctl) == expected
