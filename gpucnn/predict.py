@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module
+from .data import batch_slices
 from .pixels import check_image_dtype, float_batch
 from .summary import trace_shapes
 
@@ -35,8 +36,7 @@ def predict_batches(model, x, batch_size, kind: str) -> np.ndarray:
     modes = [(model, model.training)] + [(layer, layer.training) for layer in model.layers]
     model.eval()
     try:
-        for start in range(0, n, batch_size):
-            batch = slice(start, min(start + batch_size, n))
+        for batch in batch_slices(n, batch_size):
             xb = backend.asarray(x[batch], dtype=cast)  # (B, ...) on the model's device
             if pixels:
                 xb = float_batch(xb)  # float32 in [0, 1]
