@@ -63,10 +63,8 @@ def share_cpus_with(processes: int) -> None:
 
 def _limit_blas_threads(count: int) -> None:
     """Set NumPy's BLAS (OpenBLAS, MKL, BLIS) to ``count`` threads for the rest of the process."""
-    try:
-        from threadpoolctl import threadpool_limits  # scikit-learn's dependency, so always here
-    except ImportError:
-        return
+    from threadpoolctl import threadpool_limits  # scikit-learn requires it (and the mpi extra lists it)
+
     threadpool_limits(count, user_api="blas")
 
 

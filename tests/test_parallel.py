@@ -188,7 +188,7 @@ def _blas_threads(threadpoolctl):
 def test_ranks_on_one_machine_share_blas_threads_unless_the_user_chose(monkeypatch, chosen):
     """Each rank's BLAS gets the rank's share of the CPUs, as gpucnn's own threads do; a
     thread count the user set through the environment stands."""
-    threadpoolctl = pytest.importorskip("threadpoolctl", reason="needs threadpoolctl (scikit-learn's dependency)")
+    import threadpoolctl  # scikit-learn requires it, as gpucnn.parallel does
     for variable in parallel.BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     if chosen:
