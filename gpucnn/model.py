@@ -9,31 +9,12 @@ import numpy as np
 
 from .backend import get_backend, to_host
 from .fileio import atomic_output
-from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
+from .fusion import execution_order, execution_units  # noqa: F401  (execution_order: scripts, tests)
+from .layers import LAYER_TYPES, Dropout, Layer
 from .predict import EVAL_BATCH_SIZE, predict_batches
 from .summary import summary_table, trace_shapes
 
 FORMAT_VERSION = 1
-
-
-def execution_order(layers) -> list[int]:
-    """The order in which Sequential runs ``layers``: as given, except that a ReLU
-    directly followed by a MaxPool2D runs after it.
-
-    Max pooling and ReLU commute exactly: relu(max(window)) == max(relu(window)),
-    and the gradient reaches the same input either way (the window's first
-    maximum when it is positive, nothing otherwise). Run second, ReLU touches
-    only the pooled values, a quarter of them for 2x2 pooling.
-    """
-    order = list(range(len(layers)))
-    i = 0
-    while i < len(order) - 1:
-        if type(layers[order[i]]) is ReLU and type(layers[order[i + 1]]) is MaxPool2D:
-            order[i], order[i + 1] = order[i + 1], order[i]
-            i += 2
-        else:
-            i += 1
-    return order
 
 
 class Sequential:
@@ -41,8 +22,8 @@ class Sequential:
 
     The model starts on the CPU (weights drawn on the host); ``to(backend)``
     moves every parameter to that backend's device. A ReLU followed by a
-    MaxPool2D runs after the pooling (see :func:`execution_order`): same
-    numbers, less work.
+    MaxPool2D runs after the pooling (see :func:`execution_order`), and a Conv2D and
+    the max pool after it run as one unit (gpucnn.fusion.ConvPool): same numbers, less work.
     """
 
     def __init__(self, layers):
@@ -56,7 +37,7 @@ class Sequential:
                 )
         self.layers = layers
         self.backend = get_backend("cpu")
-        self._order = execution_order(layers)
+        self._units = execution_units(layers)  # layers and ConvPools, in the order they run
         self.train()  # a new model starts in training mode, as torch.nn.Module does
 
     def train(self, mode: bool = True) -> "Sequential":
@@ -73,8 +54,8 @@ class Sequential:
 
     def forward(self, x):
         """x (N, ...) -> output of the last layer."""
-        for i in self._order:
-            x = self.layers[i].forward(x)
+        for unit in self._units:
+            x = unit.forward(x)
         return x
 
     __call__ = forward
@@ -89,10 +70,9 @@ class Sequential:
         """
         stop = 0
         if not need_input_grad:  # the first position that has something to train
-            stop = next((p for p, i in enumerate(self._order) if self.layers[i].params), len(self._order))
-        for position in range(len(self._order) - 1, stop - 1, -1):
-            layer = self.layers[self._order[position]]
-            dy = layer.backward(dy, need_input_grad=need_input_grad or position > stop)
+            stop = next((p for p, unit in enumerate(self._units) if unit.params), len(self._units))
+        for position in range(len(self._units) - 1, stop - 1, -1):
+            dy = self._units[position].backward(dy, need_input_grad=need_input_grad or position > stop)
         return dy if need_input_grad else None
 
     # -- a list of layers, as torch.nn.Sequential ---------------------------------------

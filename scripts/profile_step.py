@@ -24,8 +24,8 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
+from gpucnn.fusion import ConvPool, execution_units
 from gpucnn.layers import Conv2D, Dense
-from gpucnn.model import execution_order
 from gpucnn.summary import trace_shapes
 
 
@@ -53,7 +53,8 @@ class StepProfile:
     def __init__(self, model, loss, optimizer, backend, clock=time.perf_counter):
         self.model, self.loss, self.optimizer, self.backend = model, loss, optimizer, backend
         self.clock = clock
-        self.order = execution_order(model.layers)
+        self.units = execution_units(model.layers)  # as Sequential runs them (gpucnn.fusion)
+        self.index = {id(layer): i for i, layer in enumerate(model.layers)}
         self.seconds: dict[str, list[float]] = {}
         self.faults: dict[str, list[int]] = {}
 
@@ -66,19 +67,29 @@ class StepProfile:
         self.faults.setdefault(name, []).append(minor_faults() - faults)
         return result
 
-    def _name(self, i, direction):
-        return f"{i:>2} {self.model.layers[i].describe()} {direction}"
+    def _name(self, layer, direction):
+        return f"{self.index[id(layer)]:>2} {layer.describe()} {direction}"
+
+    def _call(self, direction):
+        """For a ConvPool unit: runs each of its layers' parts under the clock."""
+        return lambda layer, method, *args, **kwargs: self._timed(self._name(layer, direction), method,
+                                                                  *args, **kwargs)
 
     def step(self, x, y):
         """One training step (forward, loss, backward without the input gradient, update)."""
-        for i in self.order:
-            x = self._timed(self._name(i, "forward"), self.model.layers[i].forward, x)
+        for unit in self.units:
+            if isinstance(unit, ConvPool):
+                x = unit.forward(x, call=self._call("forward"))
+            else:
+                x = self._timed(self._name(unit, "forward"), unit.forward, x)
         self._timed("loss forward", self.loss.forward, x, y)
         dy = self._timed("loss backward", self.loss.backward)
-        for position in range(len(self.order) - 1, -1, -1):
-            i = self.order[position]
-            dy = self._timed(self._name(i, "backward"), self.model.layers[i].backward, dy,
-                             need_input_grad=position > 0)
+        for position in range(len(self.units) - 1, -1, -1):
+            unit = self.units[position]
+            if isinstance(unit, ConvPool):
+                dy = unit.backward(dy, need_input_grad=position > 0, call=self._call("backward"))
+            else:
+                dy = self._timed(self._name(unit, "backward"), unit.backward, dy, need_input_grad=position > 0)
         self._timed("optimizer step", self.optimizer.step)
 
     def rows(self) -> list[dict]:

@@ -101,7 +101,8 @@ def test_optimizer_state_of_another_type_is_refused():
 
 def test_relu_maxpool_reordering_changes_no_number():
     """Sequential runs ReLU after a following MaxPool2D; values and gradients equal
-    running the layers one by one in the declared order, ties and negatives included."""
+    running the layers one by one in the declared order, ties and negatives included
+    (the Conv2D's weight gradient to rounding: it runs with the pool as one unit)."""
     from gpucnn.model import execution_order
     r = np.random.default_rng(11)
     layers = [Conv2D(2, 3, 3, padding=1, dtype=np.float64, rng=r), ReLU(), MaxPool2D(2),
@@ -123,4 +124,8 @@ def test_relu_maxpool_reordering_changes_no_number():
         d = layer.backward(d)
     np.testing.assert_array_equal(dx, d)
     for k, layer, name in model.named_parameters():
-        np.testing.assert_array_equal(grads[k], layer.grads[name])
+        if isinstance(layer, Conv2D):  # run with the pool as one unit (gpucnn.fusion): its weight
+            # gradient adds the same products in another order
+            np.testing.assert_allclose(grads[k], layer.grads[name], rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(grads[k], layer.grads[name])

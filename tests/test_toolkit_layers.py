@@ -461,7 +461,12 @@ def test_reordering_stays_exact_with_batchnorm(make, swapped):
     np.testing.assert_array_equal(dx, dx_ref)
     for ours, theirs in zip(model.layers, plain):
         for key in ours.params:
-            np.testing.assert_array_equal(ours.grads[key], theirs.grads[key])
+            if isinstance(ours, Conv2D):  # with a directly following pool it runs as one unit
+                # (gpucnn.fusion), its gradient adding the same products in another order
+                scale = np.abs(theirs.grads[key]).max()
+                np.testing.assert_allclose(ours.grads[key], theirs.grads[key], rtol=0, atol=1e-6 * scale)
+            else:
+                np.testing.assert_array_equal(ours.grads[key], theirs.grads[key])
         for key in ours.state:
             np.testing.assert_array_equal(ours.state[key], theirs.state[key])
 

@@ -135,11 +135,22 @@ class Conv2D(Layer):
 
     def forward(self, x):
         """x (N, C_in, H, W) -> y (N, C_out, OH, OW), an NCHW view of (C_out, OH, OW, N) memory."""
+        y_blocks = self.forward_blocks(x, (1, 1))  # (C_out, 1, 1, OH, OW, N)
+        c_out, _, _, out_h, out_w, n = y_blocks.shape
+        return y_blocks.reshape(c_out, out_h, out_w, n).transpose(3, 0, 1, 2)  # (N, C_out, OH, OW)
+
+    def forward_blocks(self, x, blocks):
+        """x (N, C_in, H, W) -> y (C_out, bh, bw, OH/bh, OW/bw, N), C-contiguous:
+        output (oh, ow) at [:, oh % bh, ow % bw, oh // bh, ow // bw]. ``blocks`` (bh, bw)
+        must divide (OH, OW). (1, 1) is :meth:`forward`'s layout; the (kh, kw) of a tiling
+        max pool puts each window offset's outputs together (gpucnn.fusion.ConvPool)."""
         self._check_floating(x, self.dtype)
         n, _, h, w = self._check_input_shape(tuple(x.shape))
         out_h, out_w = self._spatial_out(h, w)
         (kh, kw), top, bottom, left, right = self.kernel_size, *self.pads
-        weight, bias = self.params["weight"], self.params["bias"]
+        (bh, bw), weight, bias = blocks, self.params["weight"], self.params["bias"]
+        if out_h % bh or out_w % bw:
+            raise ValueError(f"{self!r}: blocks {tuple(blocks)} must divide the output size {out_h}x{out_w}")
 
         xp = array_module(x)
         x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
@@ -149,22 +160,37 @@ class Conv2D(Layer):
         # the bias gradient from the weight-gradient GEMM (a sum over the same columns)
         cols = self._workspace("cols", (k + 1, out_h * out_w * n), x.dtype, xp,
                                initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
-        im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k])  # (C_in*kh*kw, OH*OW*N)
+        im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k], blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
         weight_and_bias = xp.concatenate([weight.reshape(self.out_channels, k), bias[:, None]],
                                          axis=1)  # (C_out, C_in*kh*kw + 1)
-        y = weight_and_bias @ cols  # (C_out, OH*OW*N)
-        self._cache = (cols, x_chwn.shape[1:3], (n, self.out_channels, out_h, out_w))
-        return y.reshape(self.out_channels, out_h, out_w, n).transpose(3, 0, 1, 2)  # (N, C_out, OH, OW)
+        y = weight_and_bias @ cols  # (C_out, OH*OW*N), columns in im2col's order for blocks
+        self._cache = (cols, x_chwn.shape[1:3], (n, self.out_channels, out_h, out_w), tuple(blocks))
+        return y.reshape(self.out_channels, bh, bw, out_h // bh, out_w // bw, n)  # (C_out, bh, bw, OH/bh, OW/bw, N)
 
     def backward(self, dy, need_input_grad=True):
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); fills grads."""
-        cols, padded_hw, y_shape = self._cached()
+        cols, padded_hw, y_shape, blocks = self._cached()
         self._check_dy(dy, y_shape)
-        n, c_out, out_h, out_w = y_shape
-        weight = self.params["weight"]
+        if blocks != (1, 1):
+            raise RuntimeError(f"{self!r}.backward() after forward_blocks(); call backward_blocks()")
         xp = array_module(dy)
+        n, c_out, out_h, out_w = y_shape
+        dy_chwn = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0))  # (C_out, OH, OW, N)
+        return self.backward_blocks(dy_chwn.reshape(c_out, 1, 1, out_h, out_w, n), need_input_grad)
 
-        dy_2d = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(c_out, -1)  # (C_out, OH*OW*N)
+    def backward_blocks(self, dy_blocks, need_input_grad=True):
+        """dy in forward_blocks' layout (C_out, bh, bw, OH/bh, OW/bw, N), C-contiguous ->
+        dx (N, C_in, H, W); fills grads."""
+        cols, padded_hw, y_shape, blocks = self._cached()
+        n, c_out, out_h, out_w = y_shape
+        expected = (c_out, *blocks, out_h // blocks[0], out_w // blocks[1], n)
+        if tuple(dy_blocks.shape) != expected:
+            raise ValueError(f"{self!r}.backward_blocks expected dy of shape {expected} "
+                             f"(forward_blocks' layout), got {tuple(dy_blocks.shape)}")
+        weight = self.params["weight"]
+        xp = array_module(dy_blocks)
+
+        dy_2d = dy_blocks.reshape(c_out, -1)  # (C_out, OH*OW*N), columns in cols' order
         # rows 0..k-1 of cols @ dy_2d.T are the weight gradient (transposed), row k (the ones
         # row) the bias gradient: sum(dy) per output channel
         grads = cols @ dy_2d.T  # (C_in*kh*kw + 1, C_out)
@@ -176,7 +202,8 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)
         xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
-        dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w)  # (C_in, Hp, Wp, N)
+        dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w,
+                         blocks)  # (C_in, Hp, Wp, N)
         top, bottom, left, right = self.pads
         h, w = padded_hw[0] - top - bottom, padded_hw[1] - left - right
         return dx_chwn[:, top:top + h, left:left + w, :].transpose(3, 0, 1, 2)  # (N, C_in, H, W)

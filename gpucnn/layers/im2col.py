@@ -49,12 +49,16 @@ def to_chwn(x, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0, val
                   mode="constant", constant_values=value)  # (C, Hp, Wp, N)
 
 
-def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=None):
+def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=None, blocks=(1, 1)):
     """Padded (C, Hp, Wp, N) -> columns (C*kh*kw, out_h*out_w*N).
 
     Row (c, i, j) holds input channel c at kernel offset (i, j) for every output
     position and sample: each column is one receptive field. ``out``: an array of
     that shape to write into (a reused buffer), else a new one.
+
+    ``blocks`` (bh, bw) orders the columns (output positions) as (ph, pw, OH/bh, OW/bw, N)
+    with oh = bh*(oh // bh) + ph: then the outputs of one bh x bw max-pooling window offset
+    are contiguous (gpucnn.fusion). (1, 1), the default, is plain (OH, OW, N) order.
 
     All kh*kw offset slices are one strided view of the input (as_strided: offset
     (i, j) and output position (oh, ow) both step through rows and columns), copied
@@ -62,41 +66,51 @@ def im2col(x_chwn, kh: int, kw: int, stride: int, out_h: int, out_w: int, out=No
     """
     xp = array_module(x_chwn)
     c, _, _, n = x_chwn.shape
+    (bh, bw), block_h, block_w = blocks, out_h // blocks[0], out_w // blocks[1]
     if out is None:
         out = xp.empty((c * kh * kw, out_h * out_w * n), dtype=x_chwn.dtype)
     s_c, s_h, s_w, s_n = x_chwn.strides
-    # windows[c, i, j, oh, ow, n] = x_chwn[c, i + stride*oh, j + stride*ow, n]: a view, no copy
+    # windows[c, i, j, ph, pw, oh, ow, n] = x_chwn[c, i + stride*(bh*oh + ph), j + stride*(bw*ow + pw), n]:
+    # a view, no copy
     windows = xp.lib.stride_tricks.as_strided(
-        x_chwn, shape=(c, kh, kw, out_h, out_w, n),
-        strides=(s_c, s_h, s_w, stride * s_h, stride * s_w, s_n))  # (C, kh, kw, OH, OW, N)
-    out_6d = out.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N)
+        x_chwn, shape=(c, kh, kw, bh, bw, block_h, block_w, n),
+        strides=(s_c, s_h, s_w, stride * s_h, stride * s_w, bh * stride * s_h, bw * stride * s_w, s_n))
+    out_8d = out.reshape(c, kh, kw, bh, bw, block_h, block_w, n)  # (C, kh, kw, bh, bw, OH/bh, OW/bw, N)
 
     def copy(channels):  # one group of input channels (all of them on a GPU)
-        out_6d[channels] = windows[channels]
+        out_8d[channels] = windows[channels]
 
     over_channel_chunks(x_chwn, copy, axis=0)
     return out  # (C*kh*kw, OH*OW*N)
 
 
-def col2im(cols, c: int, kh: int, kw: int, padded_hw: tuple, stride: int, out_h: int, out_w: int):
-    """Columns (C*kh*kw, out_h*out_w*N) -> padded (C, Hp, Wp, N), overlaps summed.
+def col2im(cols, c: int, kh: int, kw: int, padded_hw: tuple, stride: int, out_h: int, out_w: int,
+           blocks=(1, 1)):
+    """Columns (C*kh*kw, out_h*out_w*N), in :func:`im2col`'s order for ``blocks`` ->
+    padded (C, Hp, Wp, N), overlaps summed.
 
     The adjoint of :func:`im2col`: every offset's slice is added back in place, one
     group of input channels at a time (gpucnn.parallel), so the kh*kw additions into a
     group's part of dx find it in cache.
     """
     xp = array_module(cols)
+    (bh, bw), block_h, block_w = blocks, out_h // blocks[0], out_w // blocks[1]
     n = cols.shape[1] // (out_h * out_w)
-    cols = cols.reshape(c, kh, kw, out_h, out_w, n)  # (C, kh, kw, OH, OW, N)
+    cols = cols.reshape(c, kh, kw, bh, bw, block_h, block_w, n)  # (C, kh, kw, bh, bw, OH/bh, OW/bw, N)
     dx_chwn = xp.empty((c, *padded_hw, n), dtype=cols.dtype)  # (C, Hp, Wp, N)
 
     def accumulate(channels):  # one group of input channels (all of them on a GPU)
         dx_group = dx_chwn[channels]
         dx_group.fill(0)  # faster than xp.zeros for large arrays on NumPy
+        s_c, s_h, s_w, s_n = dx_group.strides
         for i in range(kh):
             for j in range(kw):
-                rows, columns = offset_slices(i, j, stride, out_h, out_w)
-                dx_group[:, rows, columns, :] += cols[channels, i, j]
+                # the inputs that offset (i, j) read, as im2col's view: [c, ph, pw, oh, ow, n] is
+                # row i + stride*(bh*oh + ph), column j + stride*(bw*ow + pw); no two coincide
+                reads = xp.lib.stride_tricks.as_strided(
+                    dx_group[:, i:, j:], shape=(dx_group.shape[0], bh, bw, block_h, block_w, n),
+                    strides=(s_c, stride * s_h, stride * s_w, bh * stride * s_h, bw * stride * s_w, s_n))
+                reads += cols[channels, i, j]
 
     over_channel_chunks(dx_chwn, accumulate, axis=0)
     return dx_chwn

@@ -147,6 +147,8 @@ class MaxPool2D(_Pool2D):
     def backward(self, dy, need_input_grad=True):
         """dy (N, C, OH, OW) -> dx (N, C, H, W): dy goes to each window's first maximum."""
         x_padded, y = self._cached()
+        if self.cached_blocks:
+            raise RuntimeError(f"{self!r}.backward() after forward_blocks(); call backward_blocks()")
         self._check_dy(dy, y.shape)
         if not need_input_grad:
             return None
@@ -211,6 +213,72 @@ class MaxPool2D(_Pool2D):
             if k < len(offsets) - 1:
                 found |= hit_k
         xp.multiply(dy6, hit, out=blocks(dx_padded, kh, kw))  # dy to each window's first maximum
+
+
+    # -- on Conv2D.forward_blocks' layout (gpucnn.fusion.ConvPool) -----------------------
+    def forward_blocks(self, x_blocks):
+        """x (C, kh, kw, OH, OW, N), C-contiguous, the input at row kh*oh + i, column
+        kw*ow + j in [:, i, j, oh, ow] (Conv2D.forward_blocks with this kernel) -> y (N, C,
+        OH, OW), an NCHW view of (C, OH, OW, N) memory. Only for windows that tile the input
+        (stride == kernel, no padding); then every window offset is one contiguous block,
+        and each pass below is a plain run over memory instead of a stride through it."""
+        self._check_floating(x_blocks)
+        (kh, kw), s = self.kernel_size, self.stride
+        if self.padding or not s == kh == kw or tuple(x_blocks.shape[1:3]) != (kh, kw):
+            raise ValueError(f"{self!r}.forward_blocks expects tiling windows (stride == kernel, "
+                             f"no padding) and x of shape (C, {kh}, {kw}, OH, OW, N), got "
+                             f"{tuple(x_blocks.shape)}")
+        xp = array_module(x_blocks)
+        c, _, _, out_h, out_w, n = x_blocks.shape
+        offsets = x_blocks.reshape(c, kh * kw, out_h, out_w, n)  # (C, kh*kw, OH, OW, N)
+        y = xp.empty((c, out_h, out_w, n), dtype=x_blocks.dtype)  # (C, OH, OW, N)
+
+        def running_max(channels):
+            y_group, x_group = y[channels], offsets[channels]
+            if kh * kw == 1:
+                y_group[...] = x_group[:, 0]
+                return
+            xp.maximum(x_group[:, 0], x_group[:, 1], out=y_group)
+            for k in range(2, kh * kw):
+                xp.maximum(y_group, x_group[:, k], out=y_group)
+
+        over_channel_chunks(x_blocks, running_max, axis=0)
+        self._cache = (x_blocks, y)  # y (C, OH, OW, N): marks the blocks layout for backward
+        return y.transpose(3, 0, 1, 2)  # (N, C, OH, OW)
+
+    @property
+    def cached_blocks(self) -> bool:
+        """Whether the last forward was :meth:`forward_blocks` (its backward is then
+        :meth:`backward_blocks`)."""
+        return self._cache is not None and self._cache[0].ndim == 6
+
+    def backward_blocks(self, dy):
+        """dy (N, C, OH, OW) -> dx in forward_blocks' layout (C, kh, kw, OH, OW, N): dy goes
+        to each window's first maximum, as :meth:`backward`."""
+        x_blocks, y = self._cached()
+        if not self.cached_blocks:
+            raise RuntimeError(f"{self!r}.backward_blocks() after forward(); call backward()")
+        c, out_h, out_w, n = y.shape
+        self._check_dy(dy, (n, c, out_h, out_w))
+        xp = array_module(dy)
+        dy = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0))  # (C, OH, OW, N); no copy from ReLU or Conv2D
+        offsets = x_blocks.reshape(c, -1, out_h, out_w, n)  # (C, kh*kw, OH, OW, N)
+        dx_blocks = xp.empty_like(x_blocks)  # (C, kh, kw, OH, OW, N)
+        dx_offsets = dx_blocks.reshape(offsets.shape)
+
+        def route(channels):  # every window's dy to its first maximum, in row-major order
+            x_group, dx_group = offsets[channels], dx_offsets[channels]
+            hit = xp.greater_equal(x_group, _tied_with_max(y[channels])[:, None])  # (c, kh*kw, OH, OW, N)
+            # offset k keeps its hit only where no earlier one hit (bools: a > b is a and not b)
+            found = hit[:, 0].copy()  # (c, OH, OW, N)
+            for k in range(1, hit.shape[1]):
+                xp.greater(hit[:, k], found, out=hit[:, k])
+                if k < hit.shape[1] - 1:
+                    found |= hit[:, k]
+            xp.multiply(dy[channels][:, None], hit, out=dx_group)
+
+        over_channel_chunks(x_blocks, route, axis=0)
+        return dx_blocks
 
 
 def _tied_with_max(y):
