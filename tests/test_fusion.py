@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
-from gpucnn.fusion import ConvPool, execution_units
+from gpucnn import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Normalize, ReLU, Sequential
+from gpucnn.fusion import POOL_PASSES_SAVED, ConvPool, execution_units
 from gpucnn.layers.im2col import col2im, im2col, to_chwn
 
 
@@ -16,14 +16,30 @@ def unit_kinds(layers):
 
 def test_a_conv_and_a_tiling_pool_after_it_become_one_unit():
     r = np.random.default_rng(0)
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), ReLU(), MaxPool2D(2), Flatten()]) == ["ConvPool", "ReLU", "Flatten"]
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), MaxPool2D(3)]) == ["ConvPool"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), ReLU(), MaxPool2D(2), Flatten()]) == ["ConvPool", "ReLU", "Flatten"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), MaxPool2D(3)]) == ["ConvPool"]
     # windows that overlap, leave gaps or read padding: not a tiling, run as given
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), MaxPool2D(3, stride=2)]) == ["Conv2D", "MaxPool2D"]
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), MaxPool2D(2, padding=1)]) == ["Conv2D", "MaxPool2D"]
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), MaxPool2D((2, 1), stride=2)]) == ["Conv2D", "MaxPool2D"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), MaxPool2D(3, stride=2)]) == ["Conv2D", "MaxPool2D"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), MaxPool2D(2, padding=1)]) == ["Conv2D", "MaxPool2D"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), MaxPool2D((2, 1), stride=2)]) == ["Conv2D", "MaxPool2D"]
     # something in between (BatchNorm does not commute with pooling)
-    assert unit_kinds([Conv2D(1, 2, 3, rng=r), BatchNorm2D(2), MaxPool2D(2)]) == ["Conv2D", "BatchNorm2D", "MaxPool2D"]
+    assert unit_kinds([Conv2D(1, 4, 3, rng=r), BatchNorm2D(4), MaxPool2D(2)]) == ["Conv2D", "BatchNorm2D", "MaxPool2D"]
+
+
+def test_the_unit_is_made_only_where_the_blocked_layout_pays_off():
+    """K = C_in*kh*kw rows of im2col (and of col2im, except for the first layer with
+    parameters) against POOL_PASSES_SAVED passes over the C_out output channels."""
+    r = np.random.default_rng(0)
+    assert POOL_PASSES_SAVED == 4
+    # first layer: K <= 4 C_out
+    assert unit_kinds([Conv2D(2, 9, 4, rng=r), MaxPool2D(2)]) == ["ConvPool"]  # K = 32 <= 36
+    assert unit_kinds([Conv2D(2, 7, 4, rng=r), MaxPool2D(2)]) == ["Conv2D", "MaxPool2D"]  # 32 > 28
+    # later layers: 2K <= 4 C_out (lenet's second conv, K = 400 and C_out = 32, is not made one)
+    later = [Conv2D(1, 8, 3, rng=r), MaxPool2D(2), Conv2D(8, 36, 3, rng=r), MaxPool2D(2),
+             Conv2D(36, 32, 5, rng=r), MaxPool2D(2)]
+    assert unit_kinds(later) == ["ConvPool", "ConvPool", "Conv2D", "MaxPool2D"]  # 144 <= 144; 1800 > 128
+    # a layer without parameters in front does not make the first Conv2D a later one
+    assert unit_kinds([Normalize([0.5], [0.25]), Conv2D(1, 1, 2, rng=r), MaxPool2D(2)]) == ["Normalize", "ConvPool"]
 
 
 @pytest.mark.parametrize("blocks", [(1, 1), (2, 2), (3, 2)])
@@ -102,8 +118,8 @@ def test_a_model_trains_through_the_unit_like_the_layers_one_by_one():
     """Sequential with ConvPool units (and ReLU moved after the pool) against the layers
     run one by one in the declared order, in float32: equal to float32 rounding."""
     def layers(r):
-        return [Conv2D(1, 4, 3, rng=r), ReLU(), MaxPool2D(2), Conv2D(4, 6, 3, padding=1, rng=r), ReLU(),
-                MaxPool2D(2), Flatten(), Dense(6 * 3 * 3, 5, rng=r)]
+        return [Conv2D(1, 4, 3, rng=r), ReLU(), MaxPool2D(2), Conv2D(4, 18, 3, padding=1, rng=r), ReLU(),
+                MaxPool2D(2), Flatten(), Dense(18 * 3 * 3, 5, rng=r)]  # 2 * K = 72 <= 4 * C_out
     model, plain = Sequential(layers(np.random.default_rng(5))), layers(np.random.default_rng(5))
     assert [type(u).__name__ for u in model._units] == ["ConvPool", "ReLU", "ConvPool", "ReLU", "Flatten", "Dense"]
     data = np.random.default_rng(6)
