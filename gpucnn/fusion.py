@@ -51,8 +51,9 @@ def _direct(layer, method, *args, **kwargs):
 class ConvPool:
     """A Conv2D and the MaxPool2D run right after it (``execution_order``), as one unit.
 
-    ``forward(x)`` and ``backward(dy)`` equal ``pool.forward(conv.forward(x))`` and
-    ``conv.backward(pool.backward(dy))``; through the blocked layout when the pool's windows
+    ``forward(x)`` and ``backward(dy)`` give what ``pool.forward(conv.forward(x))`` and
+    ``conv.backward(pool.backward(dy))`` give (the weight gradient to rounding: it adds the
+    same products in another order); through the blocked layout when the pool's windows
     tile the convolution's output, else exactly those calls. ``call(layer, method, *args)``
     runs each layer's part (scripts/profile_step.py passes one that times it).
     """
