@@ -58,9 +58,8 @@ class ConvPool:
     runs each layer's part (scripts/profile_step.py passes one that times it).
     """
 
-    def __init__(self, conv: Conv2D, pool: MaxPool2D, conv_index: int, pool_index: int):
+    def __init__(self, conv: Conv2D, pool: MaxPool2D):
         self.conv, self.pool = conv, pool
-        self.indices = (conv_index, pool_index)
 
     @staticmethod
     def pairs(conv, pool, first: bool) -> bool:
@@ -115,7 +114,7 @@ def execution_units(layers: list[Layer]) -> list:
         i = order[position]
         first = not any(unit.params for unit in units)  # Sequential.backward's first trained layer
         if position + 1 < len(order) and ConvPool.pairs(layers[i], layers[order[position + 1]], first):
-            units.append(ConvPool(layers[i], layers[order[position + 1]], i, order[position + 1]))
+            units.append(ConvPool(layers[i], layers[order[position + 1]]))
             position += 2
         else:
             units.append(layers[i])

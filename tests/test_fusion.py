@@ -83,7 +83,7 @@ def test_conv_pool_unit_equals_the_two_layers(stride, padding, pool, size):
     x[:, :, : size // 2] = np.round(x[:, :, : size // 2])  # many exact ties in the conv's output
     fused_conv, fused_pool = conv_pool_pair(stride, padding, pool)
     conv, plain_pool = conv_pool_pair(stride, padding, pool)
-    unit = ConvPool(fused_conv, fused_pool, 0, 1)
+    unit = ConvPool(fused_conv, fused_pool)
 
     y = unit.forward(x)
     assert fused_pool.cached_blocks  # the blocked path ran
@@ -105,7 +105,7 @@ def test_sizes_the_pool_does_not_divide_run_the_two_layers_as_given():
     x = data.standard_normal((2, 2, 11, 11))
     fused_conv, fused_pool = conv_pool_pair()
     conv, plain_pool = conv_pool_pair()
-    unit = ConvPool(fused_conv, fused_pool, 0, 1)
+    unit = ConvPool(fused_conv, fused_pool)
     y = unit.forward(x)
     assert not fused_pool.cached_blocks
     np.testing.assert_array_equal(y, plain_pool.forward(conv.forward(x)))
@@ -144,7 +144,7 @@ def test_a_model_trains_through_the_unit_like_the_layers_one_by_one():
 def test_the_blocked_and_plain_entry_points_refuse_each_others_cache():
     conv, pool = conv_pool_pair()
     x = np.random.default_rng(7).standard_normal((2, 2, 10, 10))
-    y = ConvPool(conv, pool, 0, 1).forward(x)
+    y = ConvPool(conv, pool).forward(x)
     with pytest.raises(RuntimeError, match=r"backward\(\) after forward_blocks\(\); call backward_blocks\(\)"):
         pool.backward(np.ones_like(y))
     with pytest.raises(RuntimeError, match=r"backward\(\) after forward_blocks\(\); call backward_blocks\(\)"):

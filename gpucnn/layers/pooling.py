@@ -131,16 +131,8 @@ class MaxPool2D(_Pool2D):
         # out=: CuPy ufuncs return C-contiguous arrays; empty_like (order 'K') keeps x's layout
         y = xp.empty_like(windows[0])  # (N, C, OH, OW)
 
-        def running_max(channels):
-            y_group = y[:, channels]
-            if len(windows) == 1:
-                y_group[...] = windows[0][:, channels]
-                return
-            xp.maximum(windows[0][:, channels], windows[1][:, channels], out=y_group)
-            for window in windows[2:]:
-                xp.maximum(y_group, window[:, channels], out=y_group)
-
-        over_channel_chunks(x_padded, running_max)
+        over_channel_chunks(x_padded, lambda channels: _running_max(
+            [window[:, channels] for window in windows], y[:, channels]))
         self._cache = (x_padded, y)
         return y
 
@@ -203,15 +195,7 @@ class MaxPool2D(_Pool2D):
         y6, dy6 = blocks(y, 1, 1), blocks(dy, 1, 1)  # (c, OH, 1, OW, 1, N)
         hit = xp.greater_equal(blocks(x_padded, kh, kw), _tied_with_max(y6),
                                out=xp.empty((c, out_h, kh, out_w, kw, n), dtype=bool))  # every offset
-        # keep the first hit of each window in row-major order: offset k loses where an
-        # earlier one hit (bools: a > b is a and not b)
-        found = hit[:, :, 0, :, 0].copy()  # (c, OH, OW, N)
-        offsets = [(i, j) for i in range(kh) for j in range(kw)][1:]
-        for k, (i, j) in enumerate(offsets):
-            hit_k = hit[:, :, i, :, j]
-            xp.greater(hit_k, found, out=hit_k)
-            if k < len(offsets) - 1:
-                found |= hit_k
+        _keep_first_hits([hit[:, :, i, :, j] for i in range(kh) for j in range(kw)])  # (c, OH, OW, N) each
         xp.multiply(dy6, hit, out=blocks(dx_padded, kh, kw))  # dy to each window's first maximum
 
 
@@ -233,16 +217,8 @@ class MaxPool2D(_Pool2D):
         offsets = x_blocks.reshape(c, kh * kw, out_h, out_w, n)  # (C, kh*kw, OH, OW, N)
         y = xp.empty((c, out_h, out_w, n), dtype=x_blocks.dtype)  # (C, OH, OW, N)
 
-        def running_max(channels):
-            y_group, x_group = y[channels], offsets[channels]
-            if kh * kw == 1:
-                y_group[...] = x_group[:, 0]
-                return
-            xp.maximum(x_group[:, 0], x_group[:, 1], out=y_group)
-            for k in range(2, kh * kw):
-                xp.maximum(y_group, x_group[:, k], out=y_group)
-
-        over_channel_chunks(x_blocks, running_max, axis=0)
+        over_channel_chunks(x_blocks, lambda channels: _running_max(
+            [offsets[channels, k] for k in range(kh * kw)], y[channels]), axis=0)
         self._cache = (x_blocks, y)  # y (C, OH, OW, N): marks the blocks layout for backward
         return y.transpose(3, 0, 1, 2)  # (N, C, OH, OW)
 
@@ -269,16 +245,33 @@ class MaxPool2D(_Pool2D):
         def route(channels):  # every window's dy to its first maximum, in row-major order
             x_group, dx_group = offsets[channels], dx_offsets[channels]
             hit = xp.greater_equal(x_group, _tied_with_max(y[channels])[:, None])  # (c, kh*kw, OH, OW, N)
-            # offset k keeps its hit only where no earlier one hit (bools: a > b is a and not b)
-            found = hit[:, 0].copy()  # (c, OH, OW, N)
-            for k in range(1, hit.shape[1]):
-                xp.greater(hit[:, k], found, out=hit[:, k])
-                if k < hit.shape[1] - 1:
-                    found |= hit[:, k]
+            _keep_first_hits([hit[:, k] for k in range(hit.shape[1])])  # (c, OH, OW, N) each
             xp.multiply(dy[channels][:, None], hit, out=dx_group)
 
         over_channel_chunks(x_blocks, route, axis=0)
         return dx_blocks
+
+
+def _running_max(windows, out):
+    """out = the elementwise maximum of ``windows`` (equal-shaped arrays), in place."""
+    xp = array_module(out)
+    if len(windows) == 1:
+        out[...] = windows[0]
+        return
+    xp.maximum(windows[0], windows[1], out=out)
+    for window in windows[2:]:
+        xp.maximum(out, window, out=out)
+
+
+def _keep_first_hits(hits):
+    """Boolean masks, one per window offset in row-major order, cleared in place where an
+    earlier offset already hit: each window keeps only its first maximum."""
+    xp = array_module(hits[0])
+    found = hits[0].copy()
+    for k, hit in enumerate(hits[1:], start=1):
+        xp.greater(hit, found, out=hit)  # bools: a > b is a and not b
+        if k < len(hits) - 1:
+            found |= hit
 
 
 def _tied_with_max(y):
