@@ -17,12 +17,14 @@ import warnings
 
 import numpy as np
 
+from . import kernel_groups
 from .host_memory import tune_host_allocator
 
 __all__ = [
     "Backend",
     "GPUFallbackWarning",
     "array_module",
+    "compile_cuda_module",
     "get_backend",
     "gpu_status",
     "register_array_type",
@@ -70,8 +72,10 @@ def to_host(a) -> np.ndarray:
 class Backend:
     """One device: its array module and the two transfer directions."""
 
-    def __init__(self, name: str, xp, to_device, to_host, synchronize, memory_bytes=None):
+    def __init__(self, name: str, xp, to_device, to_host, synchronize, memory_bytes=None,
+                 kernels=frozenset()):
         self.name = name
+        self.kernels = frozenset(kernels)  # the fused-kernel groups its arrays run (gpucnn.kernels)
         self.xp = xp
         self._to_device = to_device
         self._to_host = to_host
@@ -95,6 +99,8 @@ class Backend:
         return None if self._memory_bytes is None else int(self._memory_bytes())
 
     def __repr__(self) -> str:
+        if self.kernels:
+            return f"Backend(name={self.name!r}, kernels={sorted(self.kernels)})"
         return f"Backend(name={self.name!r})"
 
 
@@ -139,8 +145,9 @@ def gpu_status():
     return cupy, None
 
 
-def _gpu_backend(cupy) -> Backend:
+def _gpu_backend(cupy, kernels=None) -> Backend:
     register_array_type(cupy.ndarray, lambda a: cupy)
+    groups = kernel_groups.select(cupy, kernels)
     return Backend(
         "gpu",
         cupy,
@@ -148,11 +155,31 @@ def _gpu_backend(cupy) -> Backend:
         to_host=cupy.asnumpy,
         synchronize=cupy.cuda.Stream.null.synchronize,
         memory_bytes=lambda: cupy.get_default_memory_pool().total_bytes(),
+        kernels=groups,
     )
 
 
-def get_backend(name: str = "auto") -> Backend:
+def compile_cuda_module(source: str, options: tuple):
+    """CUDA C++ ``source`` -> a ``cupy.RawModule`` (NVRTC compiles it at first use and
+    CuPy caches the binary on disk); gpucnn.kernels launches its functions."""
+    import cupy  # noqa: PLC0415  (only reached with a usable GPU)
+
+    return cupy.RawModule(code=source, options=tuple(options))
+
+
+def nvrtc_binding():
+    """CuPy's NVRTC binding (``cupy.cuda.nvrtc``): compiles CUDA C++ without a GPU."""
+    from cupy.cuda import nvrtc  # noqa: PLC0415
+
+    return nvrtc
+
+
+def get_backend(name: str = "auto", kernels=None) -> Backend:
     """Return the backend for ``name`` in ``"cpu"``, ``"gpu"``, ``"auto"``.
+
+    ``kernels`` (GPU only): the fused-kernel groups to run (gpucnn.kernels): ``"all"``,
+    ``"none"``, ``"default"`` or a comma-separated list of groups; None reads the
+    ``GPUCNN_KERNELS`` environment variable, else the defaults. The CPU never runs them.
 
     ``"auto"`` picks the GPU when one is usable, else the CPU, silently.
     ``"gpu"`` without a usable GPU falls back to the CPU with one
@@ -163,11 +190,13 @@ def get_backend(name: str = "auto") -> Backend:
             f"get_backend expected a device name in {BACKEND_NAMES}, got {name!r}; "
             "use 'auto' to take the GPU when there is one"
         )
+    if kernels is not None:
+        kernel_groups.parse_selection(kernels)  # a bad name fails before any device work
     if name == "cpu":
         return _cpu_backend()
     cupy, reason = gpu_status()
     if cupy is not None:
-        return _gpu_backend(cupy)
+        return _gpu_backend(cupy, kernels)
     if name == "gpu":
         warnings.warn(
             f"--device gpu asked for a GPU, but {reason}; falling back to the CPU",

@@ -43,24 +43,33 @@ from __future__ import annotations
 
 import contextlib
 
+from gpucnn import kernels as gpucnn_kernels
 from gpucnn.backend import Backend, register_array_type
+from gpucnn.kernels import register_runner
 
 from .array import StandInArray
 from .cupy_api import (FINDINGS, CupyAttributeError, CupyConformanceError, DeviceDisciplineError,
                        Finding, NotModeledError)
 from .device import StandInDevice
+from .kernels import run_kernel
 
 __all__ = ["FINDINGS", "CupyAttributeError", "CupyConformanceError", "DeviceDisciplineError",
            "Finding", "NotModeledError", "StandInArray", "StandInDevice", "expect_findings",
            "standin_backend"]
 
 
-def standin_backend() -> Backend:
-    """A fresh GPU-like backend whose arrays obey CuPy 14's API and count transfers."""
+def standin_backend(kernels=None) -> Backend:
+    """A fresh GPU-like backend whose arrays obey CuPy 14's API and count transfers.
+
+    ``kernels``: the fused-kernel groups it runs (gpucnn.kernels.select: None reads
+    GPUCNN_KERNELS, else the defaults); each launch runs the kernel's NumPy twin after
+    checking its arguments against the CUDA signature (tests/standin/kernels.py)."""
     device = StandInDevice()
     register_array_type(StandInArray, lambda a: a._dev)
+    register_runner(StandInDevice, run_kernel)
+    groups = gpucnn_kernels.select(device, kernels)
     return Backend("gpu", device, to_device=device.asarray, to_host=device.asnumpy,
-                   synchronize=device.synchronize)
+                   synchronize=device.synchronize, kernels=groups)
 
 
 @contextlib.contextmanager
