@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers: reference, standin, gradcheck
 
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
+from gpucnn.kernel_groups import select as select_kernels  # noqa: E402
 from standin import FINDINGS, standin_backend  # noqa: E402
 
 _CUPY, _NO_GPU_REASON = gpu_status()
@@ -44,6 +45,20 @@ def backend(request):
 def device_backend(request):
     """A GPU-like backend: the CuPy stand-in, or a real GPU when present."""
     return make_backend(request.param)
+
+
+@pytest.fixture(params=DEVICE_BACKENDS)
+def kernel_backend(request):
+    """A GPU-like backend running every fused kernel (gpucnn.kernels): the CuPy stand-in
+    (each launch runs the kernel's NumPy twin after checking its arguments against the
+    CUDA signature), or a real GPU when present (the CUDA kernels themselves). The GPU's
+    selection goes back to the defaults afterwards."""
+    if request.param == "standin":
+        yield standin_backend(kernels="all")
+        return
+    backend = get_backend("gpu", kernels="all")
+    yield backend
+    select_kernels(backend.xp, "default")
 
 
 @pytest.fixture
