@@ -183,10 +183,41 @@ def test_graph_interface_and_explicit_even_kernel_padding(tmp_path, rng):
     assert [n.op_type for n in saved.graph.node] == ["Conv", "Relu", "Flatten", "Gemm"]
 
 
+def newest_opset_runtime_loads(runtime=onnxruntime) -> int:
+    """The newest opset, from the installed onnx's newest down to gpucnn's oldest, whose
+    model the installed ONNX Runtime loads (onnx can define opsets a runtime does not run
+    yet: onnx 1.23 with onnxruntime 1.30 did), probed with a one-layer export."""
+    from gpucnn.export import MIN_OPSET, build_onnx
+    probe = Sequential([Dense(2, 2, rng=np.random.default_rng(0))])
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
+        try:
+            runtime.InferenceSession(build_onnx(probe, (2,), opset).SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001  (ORT raises its own types for an unsupported opset)
+            continue
+        return opset
+    raise AssertionError(f"the installed onnxruntime loads no opset from {MIN_OPSET} up")
+
+
+def test_opset_probe_steps_down_to_what_the_runtime_loads():
+    """The cause of a GPU machine's failure (onnx 1.23's newest opset, onnxruntime 1.30):
+    a runtime that refuses newer opsets gets the newest one it loads."""
+    loads_up_to = 21
+
+    class Runtime:
+        @staticmethod
+        def InferenceSession(model_bytes, providers):  # noqa: N802  (onnxruntime's name)
+            if onnx.load_from_string(model_bytes).opset_import[0].version > loads_up_to:
+                raise RuntimeError("Opset 22 is under development and support for this is limited")
+
+    assert newest_opset_runtime_loads(Runtime) == loads_up_to
+
+
 def test_newer_opset_and_inferred_input_shape(tmp_path, rng):
     model = Sequential([Dense(6, 4, rng=rng), ReLU(), Dense(4, 2, rng=rng)])
-    proto = to_onnx(model, tmp_path / "mlp.onnx", opset=onnx.defs.onnx_opset_version())
-    assert proto.opset_import[0].version == onnx.defs.onnx_opset_version()
+    opset = newest_opset_runtime_loads()
+    proto = to_onnx(model, tmp_path / "mlp.onnx", opset=opset)
+    assert proto.opset_import[0].version == opset
     assert [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["N", 6]
     assert_same_as_gpucnn(model, tmp_path / "mlp.onnx", (6,), rng)
 
