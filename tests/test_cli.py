@@ -338,7 +338,7 @@ def test_ctrl_c_in_a_process_prints_the_resume_hint_on_stderr(tmp_path):
 # -- 6 and 12: what goes where, what is printed ----------------------------------------------
 def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_that_apply(tmp_path, capsys):
     metrics, ckpt = tmp_path / "metrics.json", tmp_path / "ckpt.npz"
-    status, out, err = main(train_cli, ["--dataset", "digits", "--epochs", "3", "--lr", "0.01",
+    status, out, err = main(train_cli, ["--dataset", "digits", "--epochs", "3", "--lr", "0.01", "--device", "cpu",
                                         "--metrics-json", metrics, "--checkpoint", ckpt], capsys)
     assert status == 0 and err == ""  # verbose 1 in a pipe: no bars, one line per epoch
     assert "\r" not in out
@@ -360,7 +360,7 @@ def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_tha
     assert matrix.shape == (10, 10) and matrix.dtype.kind == "i"
     assert m["test_acc"] == pytest.approx(np.trace(matrix) / matrix.sum())
 
-    status, out, _ = main(evaluate_cli, [ckpt], capsys)  # on the dataset the checkpoint names
+    status, out, _ = main(evaluate_cli, [ckpt, "--device", "cpu"], capsys)  # on the dataset the checkpoint names
     assert status == 0
     assert "data: digits test images (as recorded in the checkpoint)" in out
     assert f"accuracy {m['test_acc']:.2%} on 360 images" in out

@@ -20,11 +20,25 @@ def quiet(*args, **kwargs):
 
 
 def test_digits_learns_far_above_chance():
-    result = run(TrainConfig(dataset="digits", epochs=6, lr=0.01, verbose=0), log=quiet)
+    result = run(TrainConfig(dataset="digits", epochs=6, lr=0.01, verbose=0, device="cpu"), log=quiet)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.5 * losses[0]
     assert result["test_acc"] > 0.85  # chance is 0.10
     assert result["device"] == "cpu"
+
+
+def test_auto_device_trains_on_the_gpu_when_one_is_usable(monkeypatch):
+    """--device auto (the default) means the GPU when detection finds one: here the GPU's
+    status is faked as present and the CuPy stand-in plays the device."""
+    import gpucnn.backend
+    from standin import standin_backend
+    monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
+    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", lambda cupy, kernels=None: standin_backend(kernels))
+    lines = []
+    result = run(TrainConfig(dataset="digits", epochs=1, lr=0.01, verbose=0, limit_train=200), log=lines.append)
+    assert TrainConfig().device == "auto"
+    assert result["device"] == "gpu" and "device: gpu" in lines
+    assert 0 <= result["test_acc"] <= 1
 
 
 def test_mnist_subset_one_epoch_learns():
