@@ -64,7 +64,7 @@ import numpy as np
 
 from .backend import array_module, to_host
 from .data import batch_slices
-from .parallel import share_cpus_with
+from .parallel import available_cpus, ranks_sharing_cpus, share_cpus_with
 from .random import default_generator
 
 __all__ = [
@@ -348,9 +348,13 @@ def get_communicator(backend=None) -> Communicator:
         return SingleProcess()
     comm = world.Dup()  # our collectives never mix with the caller's own use of COMM_WORLD
     shared = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
-    local_rank, local_size = shared.Get_rank(), shared.Get_size()
+    local_rank = shared.Get_rank()
+    # chunked layer work and BLAS: each rank takes its share of the CPUs it may run on, shared
+    # with the ranks on this machine whose CPU sets overlap its own (all of them when the
+    # launcher binds none; none when it binds each rank to cores of its own, as Open MPI does)
+    mine = available_cpus()
+    share_cpus_with(ranks_sharing_cpus(mine, shared.allgather(mine)))
     shared.Free()
-    share_cpus_with(local_size)  # chunked layer work: each rank takes its share of the CPUs
     reason, driver, device = "cpu", None, None
     if backend is not None and backend.name == "gpu":
         cupy = backend.xp  # the GPU backend's array module is cupy: no import here

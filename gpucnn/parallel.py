@@ -49,12 +49,13 @@ BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 
 
 def share_cpus_with(processes: int) -> None:
-    """``processes`` ranks of a distributed run share this machine's CPUs: the default
+    """``processes`` ranks of a distributed run share this process's CPUs: the default
     thread count (no set_num_threads, no OMP_NUM_THREADS) becomes their share of them, and
     so does BLAS's, unless the user chose it (BLAS_THREAD_VARIABLES). Left alone, every rank's
     BLAS starts a thread per core: 2 ranks on the 2-core development VM trained 2-29x slower
     than with one BLAS thread each (README, Distributed training).
-    gpucnn.distributed.get_communicator calls it with the ranks on the machine."""
+    gpucnn.distributed.get_communicator calls it with the ranks on the machine whose CPU
+    sets overlap this one's (a launcher that binds each rank to its own cores leaves 1)."""
     global _processes_sharing_cpus
     _processes_sharing_cpus = max(1, int(processes))
     if _processes_sharing_cpus > 1 and not any(os.environ.get(v) for v in BLAS_THREAD_VARIABLES):
@@ -77,11 +78,24 @@ def get_num_threads() -> int:
     from_env = os.environ.get("OMP_NUM_THREADS", "")
     if from_env.isdigit() and int(from_env) > 0:
         return int(from_env)
+    return max(1, len(available_cpus()) // _processes_sharing_cpus)
+
+
+def ranks_sharing_cpus(mine, every_rank) -> int:
+    """How many of the CPU sets in ``every_rank`` (one per rank on this machine, this one's
+    included) overlap ``mine``: the ranks this one shares its CPUs with, itself counted.
+    All of them when the launcher binds no rank (MPICH's default); 1 when it binds each
+    rank to cores of its own (Open MPI's default for a few ranks)."""
+    mine = set(mine)
+    return max(1, sum(1 for cpus in every_rank if mine & set(cpus)))
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity; all of them where the OS has none)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // _processes_sharing_cpus)
+        return list(range(os.cpu_count() or 1))
 
 
 def channel_chunks(x, axis: int = 1) -> list[slice]:

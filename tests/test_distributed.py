@@ -87,10 +87,16 @@ def test_ranks_on_one_machine_split_its_cpus_between_their_blas_threads():
     env = {k: v for k, v in subprocess_env().items() if k not in parallel.BLAS_THREAD_VARIABLES}
     rc, out, err, _ = run_mpi(2, "blas_share.py", env=env, timeout=120)
     assert rc == 0, err
-    share = max(1, len(os.sched_getaffinity(0)) // 2)
     # mpiexec merges the ranks' output, which may split a line: read the reports, not the lines
-    reports = re.findall(r"rank \d+: blas \[[\d, ]*\] gpucnn \d+", out)
-    assert sorted(reports) == [f"rank {r}: blas [{share}] gpucnn {share}" for r in (0, 1)], out
+    reports = dict(re.findall(r"rank (\d+): cpus [\d,]+ (blas \[[\d, ]*\] gpucnn \d+)", out))
+    cpus = {rank: set(map(int, re.search(rf"rank {rank}: cpus ([\d,]+)", out).group(1).split(",")))
+            for rank in reports}
+    assert sorted(cpus) == ["0", "1"], out
+    # each rank's share: its CPUs (as the launcher bound it: MPICH binds no rank, Open MPI each
+    # to a core of its own) over the ranks whose CPUs overlap its own
+    for rank, mine in cpus.items():
+        share = max(1, len(mine) // sum(1 for theirs in cpus.values() if mine & theirs))
+        assert reports[rank] == f"blas [{share}] gpucnn {share}", out
 
 
 def test_one_process_without_a_launcher_is_single_process():

@@ -180,6 +180,15 @@ def test_ranks_on_one_machine_share_its_cpus(monkeypatch):
     assert blas_limits == [2, 1]
 
 
+def test_ranks_bound_to_cores_of_their_own_share_with_none():
+    """The cause of a 16-core GPU machine's failure: its mpiexec bound each of 2 ranks to one
+    core, and each then took half of that one core's share."""
+    assert parallel.ranks_sharing_cpus(range(16), [range(16), range(16)]) == 2  # unbound
+    assert parallel.ranks_sharing_cpus([0], [[0], [1]]) == 1  # bound to a core each
+    assert parallel.ranks_sharing_cpus(range(8), [range(8), range(8, 16), range(4, 12)]) == 2
+    assert parallel.ranks_sharing_cpus([0, 1], []) == 1
+
+
 def _blas_threads(threadpoolctl):
     return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
 
