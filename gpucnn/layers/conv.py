@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..backend import array_module
+from ..kernels.im2col import col2im_nchw, im2col_into
 from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
 from .init import init_weight
 from .im2col import col2im, im2col, output_size, to_chwn
@@ -133,6 +135,12 @@ class Conv2D(Layer):
             )
         return out_h, out_w
 
+    @staticmethod
+    def _fused(a, xp) -> bool:
+        """Whether im2col / col2im run as one kernel each (gpucnn.kernels, group "im2col";
+        float32 only); else the offset-slice code of layers/im2col.py (NumPy: always)."""
+        return a.dtype == np.float32 and kernels.active("im2col", xp)
+
     def forward(self, x):
         """x (N, C_in, H, W) -> y (N, C_out, OH, OW), an NCHW view of (C_out, OH, OW, N) memory."""
         y_blocks = self.forward_blocks(x, (1, 1))  # (C_out, 1, 1, OH, OW, N)
@@ -153,18 +161,23 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r}: blocks {tuple(blocks)} must divide the output size {out_h}x{out_w}")
 
         xp = array_module(x)
-        x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
         k = self.in_channels * kh * kw
         # the last row of the columns holds ones, so the bias rides along in the GEMM (as the
         # last column of the weights): no separate pass over y adds it, and backward gets
         # the bias gradient from the weight-gradient GEMM (a sum over the same columns)
         cols = self._workspace("cols", (k + 1, out_h * out_w * n), x.dtype, xp,
                                initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
-        im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k], blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
+        padded_hw = (h + top + bottom, w + left + right)
+        if self._fused(x, xp):  # one launch: x's layout, padding and windows in the kernel
+            im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w,
+                        tuple(blocks))  # (C_in*kh*kw, OH*OW*N)
+        else:
+            x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
+            im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k], blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
         weight_and_bias = xp.concatenate([weight.reshape(self.out_channels, k), bias[:, None]],
                                          axis=1)  # (C_out, C_in*kh*kw + 1)
         y = weight_and_bias @ cols  # (C_out, OH*OW*N), columns in im2col's order for blocks
-        self._cache = (cols, x_chwn.shape[1:3], (n, self.out_channels, out_h, out_w), tuple(blocks))
+        self._cache = (cols, padded_hw, (n, self.out_channels, out_h, out_w), tuple(blocks))
         return y.reshape(self.out_channels, bh, bw, out_h // bh, out_w // bw, n)  # (C_out, bh, bw, OH/bh, OW/bw, N)
 
     def backward(self, dy, need_input_grad=True):
@@ -195,15 +208,18 @@ class Conv2D(Layer):
         # row) the bias gradient: sum(dy) per output channel
         grads = cols @ dy_2d.T  # (C_in*kh*kw + 1, C_out)
         k = cols.shape[0] - 1
-        self.grads["weight"] = grads[:k].T.reshape(weight.shape)  # (C_out, C_in, kh, kw), a copy
+        self.grads["weight"] = grads[:k].T.reshape(weight.shape)  # (C_out, C_in, kh, kw), a view of grads
         self.grads["bias"] = grads[k]  # (C_out,)
         if not need_input_grad:
             return None
         kh, kw = self.kernel_size
         dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)
         xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
-        dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w,
-                         blocks)  # (C_in, Hp, Wp, N)
         top, bottom, left, right = self.pads
         h, w = padded_hw[0] - top - bottom, padded_hw[1] - left - right
+        if self._fused(dcols, xp):  # one launch, a gather: no fill, no padding to slice off
+            return col2im_nchw(dcols, self.in_channels, h, w, kh, kw, self.stride, top, left,
+                               out_h, out_w, blocks)  # (N, C_in, H, W) view of (C_in, H, W, N)
+        dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w,
+                         blocks)  # (C_in, Hp, Wp, N)
         return dx_chwn[:, top:top + h, left:left + w, :].transpose(3, 0, 1, 2)  # (N, C_in, H, W)

@@ -7,6 +7,12 @@ time (their windows overlap). No Python loop ever runs over samples or pixels.
 Seed 004 ("convolution as a matrix multiplication"): after im2col the
 convolution of every window with every kernel is one matrix multiply.
 
+This is the CPU path, and the generic GPU path. With the fused-kernel group "im2col"
+on (gpucnn.kernels), Conv2D runs gpucnn/kernels/im2col.py instead: one launch for
+im2col (reading x in any layout, padding included, no padded copy) and one for col2im
+(a gather into the unpadded dx); its NumPy twins give the same columns and, bit for
+bit, the same dx as the functions here.
+
 Memory layout. The layers' public shapes are NCHW, but Conv2D stores its
 activations batch-innermost, as (C, H, W, N) in memory, and hands out an NCHW
 *view* of them (a transpose, no copy). Every offset slice then moves runs of N
