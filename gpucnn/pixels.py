@@ -9,14 +9,20 @@ is gathered, by ``astype(float32)`` and a division by ``float32(255)``:
 
 So a uint8 dataset costs a quarter of the memory of its float32 copy (on the host and
 on the GPU), and the model sees exactly the values a float32 copy divided by 255 holds.
+
+The training loop forms its batches with :func:`gather_batch`, which is that line (and
+the labels' gather); with the ``pixels`` fused-kernel group active on a GPU it is one
+launch (gpucnn.kernels.pixels), bit for bit the same numbers.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
+from .kernels.pixels import gather_batch_fused
 
-__all__ = ["PIXEL_MAX", "ACCEPTED_IMAGES", "float_batch", "check_image_dtype"]
+__all__ = ["PIXEL_MAX", "ACCEPTED_IMAGES", "float_batch", "gather_batch", "check_image_dtype"]
 
 PIXEL_MAX = 255  # the value of a white uint8 pixel
 ACCEPTED_IMAGES = "uint8 pixels 0..255 or float pixels in [0, 1]"
@@ -32,6 +38,29 @@ def float_batch(images):
     out = images.astype(np.float32)  # (B, ...) one new array on the images' device
     xp.divide(out, np.float32(PIXEL_MAX), out=out)
     return out
+
+
+def gather_batch(x, y, indices):
+    """Images x (N, C, H, W), labels y (N,) and batch indices (B,) int64, all on one device ->
+    (xb (B, C, H, W) as the layers take it (:func:`float_batch`), yb (B,)): the batch the
+    training loop runs, ``float_batch(x[indices]), y[indices]``.
+
+    With the ``pixels`` fused-kernel group active (gpucnn.kernels) and x C-contiguous uint8
+    or float32, y int64, indices a C-contiguous int64 vector, the gather, the conversion and
+    the labels' gather are one launch, bit for bit the same numbers. Indices
+    must lie in [0, N): the CuPy gather wraps others around silently, the kernel gives NaN
+    images and label -1 (the loss becomes NaN)."""
+    xp = array_module(x)
+    if kernels.active("pixels", xp) and _fusable(x, y, indices):
+        return gather_batch_fused(x, y, indices)
+    return float_batch(x[indices]), y[indices]  # (B, C, H, W), (B,) gathered on the device
+
+
+def _fusable(x, y, indices) -> bool:
+    """Whether the gather kernels take these arrays as they are (no copies)."""
+    return (x.dtype in (np.uint8, np.float32) and x.ndim >= 1 and x.shape[0] > 0 and x.flags.c_contiguous
+            and y.dtype == np.int64 and y.ndim == 1 and y.flags.c_contiguous
+            and indices.dtype == np.int64 and indices.ndim == 1 and indices.flags.c_contiguous)
 
 
 def check_image_dtype(x, owner: str, fix: str = "") -> None:

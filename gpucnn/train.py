@@ -26,7 +26,7 @@ from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_m
 from .layers import Dropout, Normalize
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
-from .pixels import check_image_dtype, float_batch
+from .pixels import check_image_dtype, float_batch, gather_batch
 from .predict import EVAL_BATCH_SIZE  # evaluate() and held_out_report() without a batch size: as predict
 from .random import default_generator
 from .report import Progress, format_confusion, format_epoch, stderr_is_terminal, write_metrics_json
@@ -150,14 +150,13 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
             for layer in dropouts:  # distributed: per-rank masks
                 layer.rng = step_rng
         if count:
-            batch = order[shard]
-            xb, yb = float_batch(x[batch]), y[batch]  # gathered on the device, then float32 there
+            xb, yb = gather_batch(x, y, order[shard])  # (B, C, H, W) float32, (B,): gathered on the device
             if augment is not None:
                 xb = augment(xb, step_rng)  # (B, C, H, W), drawn on the device from one host draw
             logits = model.forward(xb)
-            batch_losses[b] = loss_fn.forward(logits, yb)
+            # the loss lands in batch_losses[b], the hits are added to correct (fused: one launch)
+            loss_fn.forward(logits, yb, loss_out=batch_losses[b:b + 1], correct_out=correct)
             model.backward(loss_fn.backward(), need_input_grad=False)
-            correct += (logits.argmax(axis=1) == yb).sum()
         if comm.size > 1:  # distributed: every rank's gradients become the mean over the global batch
             comm.allreduce_mean_(gradients_of(model), weight=count)
         optimizer.step()
