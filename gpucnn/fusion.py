@@ -90,7 +90,10 @@ class ConvPool:
         if len(shape) == 4 and shape[1] == self.conv.in_channels:
             out_h, out_w = self.conv.output_shape(shape)[2:]  # raises for a too small image, as forward
             blocked = out_h % kernel[0] == 0 and out_w % kernel[1] == 0
-        if not blocked:  # odd sizes (the pool drops the last row) or bad input: the plain calls
+            # the pool's fused kernel (the 'maxpool' group) reads any layout in one launch:
+            # the blocked layout, a CPU optimisation, would only cost the GPU its im2col's order
+            blocked = blocked and not self.pool.fused(x)
+        if not blocked:  # odd sizes (the pool drops the last row), bad input, fused pool: the plain calls
             return call(self.pool, self.pool.forward, call(self.conv, self.conv.forward, x))
         y_blocks = call(self.conv, self.conv.forward_blocks, x, kernel)  # (C_out, kh, kw, OH/kh, OW/kw, N)
         return call(self.pool, self.pool.forward_blocks, y_blocks)

@@ -14,7 +14,7 @@ ENV_VAR = "GPUCNN_KERNELS"
 # group -> what it fuses (the layers' code asks ``active(group, xp)``)
 GROUPS = {
     "im2col": "Conv2D's im2col and col2im, one launch each (padding included)",
-    "maxpool": "MaxPool2D forward (max and first-max offset) and backward (one scatter)",
+    "maxpool": "MaxPool2D forward (max and first-max offset) and backward (one gather)",
     "relu": "ReLU backward in one pass",
     "batchnorm": "BatchNorm statistics, normalise + affine, and backward: two launches a direction",
     "softmax_ce": "softmax cross-entropy forward, backward, loss and correct count in one launch",

@@ -1,9 +1,13 @@
 """MaxPool2D and AvgPool2D over NCHW, windows gathered by kernel offsets."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import array_module
+from ..kernel_groups import active
+from ..kernels import pool as pool_kernels
 from ..parallel import over_channel_chunks
 from .base import Layer, check_pair, check_positive_int, in_layout_of
 from .im2col import offset_slices, output_size, pad_nchw
@@ -123,9 +127,15 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x):
         """x (N, C, H, W) -> y (N, C, OH, OW): a running maximum over the kernel offsets,
-        one group of channels at a time (gpucnn.parallel: in cache, on a few threads)."""
+        one group of channels at a time (gpucnn.parallel: in cache, on a few threads).
+        With the 'maxpool' kernel group: one launch (gpucnn.kernels.pool), y an NCHW view
+        of (C, OH, OW, N) memory."""
         out_hw = self._prepare(x)
         xp = array_module(x)
+        if self.fused(x):
+            y, offset = pool_kernels.max_pool(x, self.kernel_size, self.stride, self.padding, out_hw)
+            self._cache = _FusedCache(offset, tuple(x.shape))  # offset (C, OH, OW, N) uint8
+            return y
         x_padded = pad_nchw(x, *(self.padding,) * 4, value=-np.inf)  # (N, C, Hp, Wp)
         windows = self._windows(x_padded, out_hw)  # views, no copies
         # out=: CuPy ufuncs return C-contiguous arrays; empty_like (order 'K') keeps x's layout
@@ -137,7 +147,10 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, dy, need_input_grad=True):
-        """dy (N, C, OH, OW) -> dx (N, C, H, W): dy goes to each window's first maximum."""
+        """dy (N, C, OH, OW) -> dx (N, C, H, W): dy goes to each window's first maximum.
+        After a fused forward: one launch, dx an NCHW view of (C, H, W, N) memory."""
+        if isinstance(self._cache, _FusedCache):
+            return self._backward_fused(dy, need_input_grad)
         x_padded, y = self._cached()
         if self.cached_blocks:
             raise RuntimeError(f"{self!r}.backward() after forward_blocks(); call backward_blocks()")
@@ -150,6 +163,25 @@ class MaxPool2D(_Pool2D):
         over_channel_chunks(x_padded, lambda channels: self._route_to_first_max(
             x_padded[:, channels], y[:, channels], dy[:, channels], dx_padded[:, channels]))
         return self._unpad(dx_padded)
+
+    def fused(self, x) -> bool:
+        """Whether forward(x) runs the fused kernels: the 'maxpool' group is active for x's
+        array module, x is float32 and a window holds at most 255 elements."""
+        (kh, kw) = self.kernel_size
+        return (active("maxpool", array_module(x)) and x.dtype == np.float32
+                and kh * kw <= pool_kernels.MAX_WINDOW)
+
+    def _backward_fused(self, dy, need_input_grad):
+        offset, input_shape = self._cache
+        c, out_h, out_w, n = offset.shape
+        self._check_dy(dy, (n, c, out_h, out_w))
+        if not need_input_grad:
+            return None
+        if dy.dtype != np.float32:
+            raise TypeError(f"{self!r}.backward expected dy of dtype float32 (as forward's output), got "
+                            f"{dy.dtype}; cast with dy.astype(numpy.float32)")
+        return pool_kernels.max_pool_grad(dy, offset, input_shape, self.kernel_size, self.stride,
+                                          self.padding)  # (N, C, H, W)
 
     def _route_to_first_max(self, x_padded, y, dy, dx_padded):
         """Fill dx_padded (N, c, Hp, Wp) for one group of channels: each window's dy goes
@@ -250,6 +282,12 @@ class MaxPool2D(_Pool2D):
 
         over_channel_chunks(x_blocks, route, axis=0)
         return dx_blocks
+
+
+class _FusedCache(NamedTuple):
+    """MaxPool2D's cache after a fused forward: what the backward kernel needs."""
+    offset: object  # (C, OH, OW, N) uint8: each window's first-maximum offset i*kw + j
+    input_shape: tuple  # (N, C, H, W)
 
 
 def _running_max(windows, out):
