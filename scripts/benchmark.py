@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training and evaluation throughput of gpucnn, side by side with PyTorch on the CPU.
+"""Training and evaluation throughput of gpucnn, side by side with PyTorch on the same device.
 
 For each network and batch size, on every available gpucnn backend: steady-state
 images/s of full training steps (forward, loss, backward, SGD with momentum 0.9, or
@@ -13,19 +13,31 @@ scripts/profile_step.py) times images/s, over the peak. Then it sweeps batch siz
 image size for simple and lenet (--plot draws the sweep). Timings are printed, never
 asserted.
 
+On a GPU (--device gpu, or 'all' with one present) every row stands beside the PyTorch
+twin on CUDA: the same network and batch, both uploaded before any step, TF32 off on
+both sides, cudnn.benchmark at PyTorch's default (False), synchronised timing, repeats
+interleaved. Its % column is a share of the GPU's own SGEMM peak, measured in the same
+run through cuBLAS; both sides' device-memory high-water marks and the host cost of a
+few CuPy calls are printed and recorded (scripts/gpu_bench.py). Without CUDA in torch
+a GPU row has no twin and its ratios are null. ``--gpu-targets`` runs issue 21's eight
+GPU cases with their target ratios; ``--kernels`` chooses gpucnn's fused kernels, once
+per given selection (``--kernels none all``: each case twice, one row per selection).
+
     python scripts/benchmark.py                       # full tables (several minutes)
     python scripts/benchmark.py --quick               # a smoke run (CI)
     python scripts/benchmark.py --profile --archs lenet --batch-sizes 64 --threads 1
     python scripts/benchmark.py --plot docs/scaling.png
     python scripts/benchmark.py --gpu-model           # predicted GPU bounds, no GPU needed
     python scripts/benchmark.py --ranks 2 --archs simple --batch-sizes 64   # data-parallel scaling
+    python scripts/benchmark.py --gpu-targets --kernels none all --json gpu.json   # GPU targets (< 90 s)
 
 ``--profile`` times each layer's forward and backward, the loss and the optimizer step
 instead. ``--cpu-time`` reads the process's CPU time instead of the wall clock: on a
 shared machine, with --threads 1, it is the steadier clock for comparing two versions.
 ``--gpu-model`` times nothing: it counts one training step's kernel launches, bytes and
 FLOPs with the CuPy stand-in and prints the lower bounds they put on a GPU step
-(scripts/gpu_model.py): a prediction, not a measurement.
+(scripts/gpu_model.py, at --launch-us of host time per launch): a prediction, not a
+measurement.
 """
 from __future__ import annotations
 
@@ -40,6 +52,10 @@ DROPPED_ENV = {name: os.environ.pop(name) for name in ("OPENBLAS_CORETYPE", "OPE
 # at once instead of spinning for 0.1 s on the cores gpucnn's next passes need (a value the
 # user set wins; 0 is OpenBLAS's default). PyTorch's MKL and OpenMP threads do not read it.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# CuPy reads CUPY_TF32 at its first float32 matrix multiply: "1" would run gpucnn's on TF32
+# tensor cores while PyTorch's twin runs them in full FP32 (scripts/gpu_bench.py).
+TF32_ENV = ({"CUPY_TF32": os.environ.pop("CUPY_TF32")}
+            if os.environ.get("CUPY_TF32", "0").strip() not in ("", "0") else {})
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -57,108 +73,41 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gpucnn.backend import get_backend, gpu_status  # noqa: E402
+from gpucnn.kernel_groups import ENV_VAR as KERNELS_ENV  # noqa: E402
+from gpucnn.kernel_groups import parse_selection  # noqa: E402
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
-from gpucnn.optim import SGD, Adam  # noqa: E402
+from gpucnn.optim import Adam  # noqa: E402
 from gpucnn.parallel import get_num_threads, set_num_threads  # noqa: E402
-from gpu_model import ARCHS, GPUS, build_model  # noqa: E402  (zoo networks by name)
-from measure import REWARM_STEPS, SETTLE_SECONDS, SgemmPeak, cpu_name, measure, peak_memory  # noqa: E402
-from gemm_floor import GemmFloorCase, gemm_floor_seconds  # noqa: E402
-from profile_step import gemm_flops_per_image, profile_step, profile_table  # noqa: E402
+from argtypes import positive_float  # noqa: E402
+from gemm_floor import gemm_floor_seconds  # noqa: E402
+from gpu_bench import gpu_setup, gpu_table, target_plan  # noqa: E402
+from gpu_bench_nets import ARCHS, INPUT_SHAPES, ZOO_ARCHS  # noqa: E402
+from gpu_bench_rows import (CLASSES, format_row, make_cases, peak_fraction, run_case, settle,  # noqa: E402
+                            table)
+from gpu_model import GPUS  # noqa: E402
+from measure import REWARM_STEPS, SETTLE_SECONDS, SgemmPeak, cpu_name, measure  # noqa: E402
+from profile_step import profile_step, profile_table  # noqa: E402
 from scaling import plot_scaling, scaling_points, scaling_table  # noqa: E402
-from torch_twin import TorchCase  # noqa: E402
-
-# the images each network is timed on: MNIST-sized for simple and lenet, CIFAR-sized for the rest
-INPUT_SHAPES = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32),
-                "cifar-small": (3, 32, 32)}
-CLASSES = 10
-LEARNING_RATES = {"momentum": 0.01, "adam": 1e-3}
-
-
-# -- the cases ------------------------------------------------------------------------------
-def make_optimizer(name, model):
-    if name == "adam":
-        return Adam(model, LEARNING_RATES["adam"])
-    return SGD(model, LEARNING_RATES["momentum"], momentum=0.9)
-
-
-class GpucnnCase:
-    def __init__(self, model, backend, x, y, optimizer: str):
-        self.backend = backend
-        self.model = model.to(backend)
-        self.optimizer = make_optimizer(optimizer, self.model)
-        self.loss = SoftmaxCrossEntropy()
-        self.x, self.y = backend.asarray(x), backend.asarray(y)
-
-    def train_steps(self, steps):
-        self.model.train()
-        for _ in range(steps):
-            self.loss.forward(self.model.forward(self.x), self.y)
-            self.model.backward(self.loss.backward(), need_input_grad=False)
-            self.optimizer.step()
-        self.backend.synchronize()
-
-    def eval_steps(self, steps):
-        self.model.eval()
-        for _ in range(steps):
-            self.model.forward(self.x).argmax(axis=1)
-        self.backend.synchronize()
-
-
-def batch_data(batch, input_shape):
-    data = np.random.default_rng(1)
-    return data.random((batch, *input_shape), dtype=np.float32), data.integers(0, CLASSES, batch)
-
-
-def make_cases(arch, batch, input_shape, backend, torch, optimizer, floor: bool = False) -> dict:
-    """gpucnn's case; PyTorch's twin when torch is given (CPU only); with ``floor``, the
-    matrix multiplies of gpucnn's step alone (CPU only, scripts/gemm_floor.py)."""
-    x, y = batch_data(batch, input_shape)
-    model = build_model(arch, input_shape, CLASSES, np.random.default_rng(0))
-    cases = {"gpucnn": GpucnnCase(model, backend, x, y, optimizer)}
-    if torch is not None and backend.name == "cpu":
-        cases["torch"] = TorchCase(model, torch, x, y, optimizer, LEARNING_RATES[optimizer])
-    if floor and backend.name == "cpu":
-        cases["floor"] = GemmFloorCase(cases["gpucnn"].model, cases["gpucnn"].x)
-    return cases
-
-
-def run_case(arch, batch, input_shape, backend, torch, args, clock, peak: SgemmPeak | None = None,
-             floor: bool = True) -> dict:
-    cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer, floor)
-    row = {"arch": arch, "batch": batch, "input": list(input_shape), "device": backend.name}
-    for mode in ("train", "eval"):
-        speed = measure(cases, mode, batch, args.steps, args.warmup, args.repeats, clock, settle(args))
-        row[f"{mode}_img_s"] = speed["gpucnn"]
-        if "torch" in speed:
-            row[f"torch_{mode}_img_s"] = speed["torch"]
-            row[f"{mode}_ratio"] = speed["gpucnn"] / speed["torch"]
-        if "floor" in speed:  # interleaved with the other cases' repeats
-            prefix = "" if mode == "train" else "eval_"
-            row[f"{prefix}gemm_floor_img_s"] = speed["floor"]
-            if "torch" in speed:
-                row[f"{prefix}ratio_ceiling"] = speed["floor"] / speed["torch"]
-    cases.pop("floor", None)  # its arrays would count in the peak memory below
-    row["train_flops_per_image"] = gemm_flops_per_image(cases["gpucnn"].model, input_shape)[1]
-    if peak:
-        peak.measure(args.repeats)
-        row["peak_fraction"] = row["train_flops_per_image"] * row["train_img_s"] / peak.flops
-    row["peak_mib"] = peak_memory(cases["gpucnn"], backend.name, args.steps)
-    if "torch" in cases:
-        row["torch_peak_mib"] = peak_memory(cases["torch"], "cpu", args.steps)
-    return row
 
 
 # -- the command line -----------------------------------------------------------------------
-def settle(args) -> float:
-    """The pause before each timed repeat (measure.SETTLE_SECONDS); none in a --quick smoke run."""
-    return 0.0 if args.quick else SETTLE_SECONDS
+def kernel_spec(text: str) -> str:
+    """An argparse type: a fused-kernel selection as get_backend(kernels=...) takes it."""
+    try:
+        parse_selection(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"got {text!r}: {exc}") from None
+    return text
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default="all",
-                   help="gpucnn backends to time; 'all' = the CPU plus the GPU when usable")
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default=None,
+                   help="gpucnn backends to time; 'all' (the default) = the CPU plus the GPU when usable; "
+                        "'gpu' with --gpu-targets")
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ZOO_ARCHS),
+                   help="networks (default: the zoo's; conv-bn and vgg are the benchmark's own, "
+                        "scripts/gpu_bench_nets.py)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     p.add_argument("--optimizer", choices=("momentum", "adam"), default=None,
                    help="momentum: SGD with momentum 0.9 (default when timing); "
@@ -181,7 +130,18 @@ def parse_args(argv):
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--gpu-model", action="store_true",
                    help="instead of timing: predict GPU step-time bounds from counted work (no GPU needed)")
-    p.add_argument("--gpu", choices=sorted(GPUS), default="h100-sxm", help="the GPU --gpu-model predicts for")
+    p.add_argument("--gpu", choices=sorted(GPUS), default="h200", help="the GPU --gpu-model predicts for")
+    p.add_argument("--launch-us", type=positive_float, default=None, metavar="US",
+                   help="--gpu-model: host µs per kernel launch (default 24: the last H200 measurement; "
+                        "a GPU run of this script prints the value it measured)")
+    p.add_argument("--kernels", nargs="+", type=kernel_spec, metavar="SPEC",
+                   help="gpucnn's fused-kernel groups on the GPU (get_backend(kernels=SPEC)): all, none, default "
+                        f"or a comma-separated list of groups; several: every GPU case once per SPEC. "
+                        f"Default: ${KERNELS_ENV}, else the defaults")
+    p.add_argument("--gpu-targets", action="store_true",
+                   help="issue 21's GPU cases: simple and lenet at batch 64 and 1024, conv-bn at 64 and 512, "
+                        "vgg at 128 and 512, each beside PyTorch on CUDA with its target ratio; needs a GPU "
+                        "(--archs and --batch-sizes are ignored, no sweep)")
     p.add_argument("--ranks", type=int, metavar="N",
                    help="data-parallel mode: 1 process x 1 thread, 1 x N threads and N processes x 1 thread "
                         "(mpiexec) on the global batch, with the allreduce time per step; then the gradient "
@@ -192,6 +152,12 @@ def parse_args(argv):
         p.error("batch sizes, --threads, --steps and --repeats must be positive")
     if args.quick:
         args.steps, args.repeats, args.warmup = 2, 2, 1
+    if args.gpu_targets:
+        if args.device not in (None, "gpu"):
+            p.error(f"--gpu-targets expected --device gpu (its default), got --device {args.device}; "
+                    "drop --device")
+        args.device, args.no_scaling = "gpu", True
+    args.device = args.device or "all"
     if args.optimizer is None:
         args.optimizer = "adam" if args.gpu_model else "momentum"
     if args.ranks is not None and (args.ranks < 2 or any(b % args.ranks for b in args.batch_sizes)):
@@ -202,8 +168,9 @@ def parse_args(argv):
 
 def gpu_model_main(args):
     import gpu_model
-    rows = gpu_model.report(args.archs, args.batch_sizes, args.gpu, INPUT_SHAPES, args.optimizer)
-    write_json(args.json, {"prediction": True, "gpu": args.gpu, "optimizer": args.optimizer, "rows": rows})
+    rows = gpu_model.report(args.archs, args.batch_sizes, args.gpu, INPUT_SHAPES, args.optimizer, args.launch_us)
+    write_json(args.json, {"prediction": True, "gpu": args.gpu, "optimizer": args.optimizer, "rows": rows,
+                           "launch_us": rows[0]["launch_us_per_call"] if rows else args.launch_us})
 
 
 def write_json(path, result):
@@ -244,11 +211,18 @@ def main(argv=None):
             print("torch is not installed: timing gpucnn only (pip install torch for the comparison)")
     clock = time.process_time if args.cpu_time else time.perf_counter
 
+    if args.gpu_targets and gpu_status()[0] is None:
+        print(f"--gpu-targets expected a usable GPU, got none: {gpu_status()[1]}; run it on a GPU machine "
+              "(or time the CPU with --archs and --batch-sizes)", file=sys.stderr)
+        return 2
     if args.device == "all":
         names = ["cpu"] + (["gpu"] if gpu_status()[0] is not None else [])
     else:
         names = [args.device]
-    backends = [get_backend(n) for n in names]
+    # (device, fused-kernel selection): a GPU once per --kernels SPEC; the selection belongs to
+    # CuPy's module, so each GPU case makes its backend again (backend_for) right before it runs
+    plan = [(n, spec) for n in names for spec in ((args.kernels or [None]) if n == "gpu" else [None])]
+    backends = [backend_for(n, spec) for n, spec in plan]
     blas = [f"{i['internal_api']} {i.get('version')} {i.get('architecture')} kernels ({i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas"]
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
@@ -267,17 +241,31 @@ def main(argv=None):
     print(f"optimizer: {args.optimizer}; clock: {'process CPU time' if args.cpu_time else 'wall'}; "
           f"steps per repeat {args.steps}, repeats {args.repeats} (median), warm-up {args.warmup}"
           + ("" if args.quick else f"; each repeat after a {SETTLE_SECONDS} s pause and {REWARM_STEPS} "
-             "untimed steps") + "\n")
+             "untimed steps (CPU rows; GPU rows: wall clock, no pause)")
+          + ("; --gpu-targets: each case's own schedule" if args.gpu_targets else ""))
+    kernels = [{"spec": spec or f"${KERNELS_ENV}={os.environ.get(KERNELS_ENV, 'default')}",
+                "groups": sorted(b.kernels)} for (n, spec), b in zip(plan, backends) if b.name == "gpu"]
+    print("gpucnn fused kernels (GPU rows): " + ("; ".join(f"{k['spec']} -> {', '.join(k['groups']) or 'none'}"
+                                                       for k in kernels) or "- (no GPU)") + "\n")
     result = {"machine": machine, "blas": blas, "threads": args.threads, "optimizer": args.optimizer,
               "torch": getattr(torch, "__version__", None),
               "steps": args.steps, "repeats": args.repeats, "clock": "cpu" if args.cpu_time else "wall",
-              "openblas_thread_timeout": os.environ["OPENBLAS_THREAD_TIMEOUT"]}
+              "openblas_thread_timeout": os.environ["OPENBLAS_THREAD_TIMEOUT"], "kernel_specs": args.kernels,
+              "kernels": kernels, "gpu_targets": args.gpu_targets,
+              "dropped_env": {**DROPPED_ENV, **TF32_ENV}, "gpu": None, "gpu_sgemm_peak_flops": None}
+    if TF32_ENV:
+        print(f"ignored from the environment: CUPY_TF32={TF32_ENV['CUPY_TF32']} (TF32 stays off on both sides)")
+    gpu = next((b for b in backends if b.name == "gpu"), None)
+    if gpu is not None and not args.profile:
+        result["gpu"] = gpu_setup(gpu, torch, args.quick)
+        result["gpu_sgemm_peak_flops"] = result["gpu"]["sgemm_peak_flops"]
 
     if args.profile:
         result["sgemm_peak_flops"], result["profiles"] = peak.flops, []
         for arch in args.archs:
             for batch in args.batch_sizes:
-                for backend in backends:
+                for name, spec in plan:
+                    backend = backend_for(name, spec)
                     cases = make_cases(arch, batch, INPUT_SHAPES[arch], backend, None, args.optimizer)
                     case = cases["gpucnn"]
                     rows = profile_step(case.model, case.loss, case.optimizer, backend, case.x, case.y,
@@ -296,24 +284,35 @@ def main(argv=None):
         write_json(args.json, result)
         return 0
 
+    peaks = {"cpu": peak, "gpu": result["gpu_sgemm_peak_flops"]}
     rows = []
-    for arch in args.archs:
-        for batch in args.batch_sizes:
-            for backend in backends:
-                row = run_case(arch, batch, INPUT_SHAPES[arch], backend, torch, args, clock, peak)
-                rows.append(row)
-                print(format_row(row), flush=True)
+    for arch, batch, schedule, target in case_plan(args):
+        for name, spec in plan:
+            row = run_case(arch, batch, INPUT_SHAPES[arch], backend_for(name, spec), torch, args, clock, peaks,
+                           schedule=schedule)
+            if row["device"] == "gpu":
+                row["kernels_spec"] = spec
+            if args.gpu_targets:
+                row["target"], row["schedule"] = target, list(schedule)
+            rows.append(row)
+            print(format_row(row), flush=True)
     for row in rows:  # against the peak of the whole run
-        row["peak_fraction"] = row["train_flops_per_image"] * row["train_img_s"] / peak.flops
+        row["peak_fraction"] = peak_fraction(row, peaks)
     print(f"\nSGEMM peak over the run: {peak.flops / 1e9:.1f} GFLOP/s (median of {len(peak.seconds)})\n")
-    print(table(rows))
+    cpu_rows, gpu_rows = [r for r in rows if r["device"] != "gpu"], [r for r in rows if r["device"] == "gpu"]
+    if cpu_rows:
+        print(table(cpu_rows))
+    if gpu_rows:
+        print(("\n" if cpu_rows else "") + "GPU rows, each beside PyTorch on CUDA (train ratio > 1: gpucnn faster; "
+              "target: the train ratio issue 21 asks for):\n" + gpu_table(gpu_rows))
+        print("\n".join(sorted({f"note: {r['torch_note']}" for r in gpu_rows if r["torch_note"]})))
     result["rows"], result["sgemm_peak_flops"] = rows, peak.flops
 
     if not args.no_scaling and (args.plot or not args.quick):
         sweep_archs = [a for a in ("simple", "lenet") if a in args.archs]
         points = []
         for arch, batch, input_shape in scaling_points(sweep_archs, args.quick):
-            point = run_case(arch, batch, input_shape, backends[0], torch, args, clock, floor=False)
+            point = run_case(arch, batch, input_shape, backend_for(*plan[0]), torch, args, clock, floor=False)
             points.append(point)
             print(format_row(point), flush=True)
         print("\n" + scaling_table(points))
@@ -328,40 +327,16 @@ def main(argv=None):
     return 0
 
 
-def format_row(r):
-    size = "x".join(map(str, r["input"]))
-    parts = [f"{r['arch']:<11} batch {r['batch']:<4} {size:<8} {r['device']}: train {r['train_img_s']:.0f} img/s"]
-    if "train_ratio" in r:
-        parts.append(f"(torch {r['torch_train_img_s']:.0f}, x{r['train_ratio']:.2f})")
-    if "peak_fraction" in r:
-        parts.append(f"{100 * r['peak_fraction']:.0f}% of SGEMM peak;")
-    if "gemm_floor_img_s" in r:
-        ceiling = f", ceiling x{r['ratio_ceiling']:.2f}" if "ratio_ceiling" in r else ""
-        parts.append(f"matrix multiplies alone {r['gemm_floor_img_s']:.0f} img/s{ceiling};")
-    parts.append(f"eval {r['eval_img_s']:.0f} img/s")
-    if "eval_ratio" in r:
-        parts.append(f"(torch {r['torch_eval_img_s']:.0f}, x{r['eval_ratio']:.2f})")
-    return " ".join(parts)
+def backend_for(name: str, spec):
+    """The backend of one case: the GPU's with the fused-kernel selection ``spec``."""
+    return get_backend(name, kernels=spec) if name == "gpu" else get_backend(name)
 
 
-def table(rows) -> str:
-    """A Markdown table, as the README shows it."""
-    def f(v, spec):
-        return "-" if v is None else format(v, spec)
-    head = ("| network | input | batch | device | gpucnn train img/s | torch train img/s | train ratio | "
-            "% of SGEMM peak | matrix multiplies alone img/s | ratio ceiling | "
-            "gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
-    lines = [head, "|" + "---|" * 14]
-    for r in rows:
-        fraction = r.get("peak_fraction")
-        lines.append(
-            f"| {r['arch']} | {'x'.join(map(str, r['input']))} | {r['batch']} | {r['device']} | "
-            f"{r['train_img_s']:.0f} | {f(r.get('torch_train_img_s'), '.0f')} | {f(r.get('train_ratio'), '.2f')} | "
-            f"{f(fraction and 100 * fraction, '.0f')} | "
-            f"{f(r.get('gemm_floor_img_s'), '.0f')} | {f(r.get('ratio_ceiling'), '.2f')} | "
-            f"{r['eval_img_s']:.0f} | {f(r.get('torch_eval_img_s'), '.0f')} | {f(r.get('eval_ratio'), '.2f')} | "
-            f"{f(r.get('peak_mib'), '.0f')} / {f(r.get('torch_peak_mib'), '.0f')} |")
-    return "\n".join(lines)
+def case_plan(args) -> list:
+    """[(arch, batch, (warmup, steps, repeats) or None for the command line's, target ratio)]."""
+    if args.gpu_targets:
+        return target_plan(args.quick)
+    return [(arch, batch, None, None) for arch in args.archs for batch in args.batch_sizes]
 
 
 # -- data-parallel scaling (--ranks) ----------------------------------------------------------

@@ -4,6 +4,8 @@
 sizes, same padding, the layers in the order given: PyTorch has no ReLU/max-pool
 swap), and :func:`check_same_network` compares the parameter counts. BatchNorm and
 Dropout run in training mode in both, with the same eps, momentum and p.
+:class:`TorchCase` runs the twin on the CPU or, beside a GPU row, on CUDA (its batch
+uploaded once, every timed call ending in ``torch.cuda.synchronize()``).
 """
 from __future__ import annotations
 
@@ -67,17 +69,23 @@ def check_same_network(model, twin) -> None:
 
 class TorchCase:
     """The PyTorch twin training (cross-entropy, the same optimizer) and evaluating
-    on the same batch as the gpucnn case."""
+    on the same batch as the gpucnn case, on ``device`` ("cpu" or "cuda"): the batch
+    lives there before any step, and each call waits for the device's work to finish."""
 
-    def __init__(self, model, torch, x, y, optimizer: str, lr: float):
-        self.torch = torch
-        self.model = torch_twin(model, torch)
+    def __init__(self, model, torch, x, y, optimizer: str, lr: float, device: str = "cpu"):
+        self.torch, self.device = torch, device
+        self.model = torch_twin(model, torch).to(device)
         check_same_network(model, self.model)
         if optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr)
         else:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr, momentum=0.9)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.x, self.y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        self.synchronize()
+
+    def synchronize(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
 
     def train_steps(self, steps):
         F = self.torch.nn.functional
@@ -86,9 +94,11 @@ class TorchCase:
             self.optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(self.model(self.x), self.y).backward()
             self.optimizer.step()
+        self.synchronize()
 
     def eval_steps(self, steps):
         self.model.eval()
         with self.torch.inference_mode():
             for _ in range(steps):
                 self.model(self.x).argmax(dim=1)
+        self.synchronize()

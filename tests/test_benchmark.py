@@ -24,7 +24,8 @@ from profile_step import gemm_flops_per_image, profile_step  # noqa: E402
 from scaling import scaling_points  # noqa: E402
 from torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
 
-INPUTS = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32), "cifar-small": (3, 32, 32)}
+INPUTS = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32), "cifar-small": (3, 32, 32),
+          "conv-bn": (3, 32, 32), "vgg": (3, 32, 32)}
 
 
 def run_benchmark(*args, timeout=600):
@@ -35,6 +36,8 @@ def run_benchmark(*args, timeout=600):
 
 
 def test_benchmark_quick_mode_runs_and_writes_json(tmp_path):
+    """CPU rows always; with a GPU present (.ci/gpu), GPU rows too, each beside the PyTorch
+    twin on CUDA when torch has CUDA (else its ratios are null), against the GPU's own peak."""
     out = tmp_path / "bench.json"
     stdout = run_benchmark("--quick", "--batch-sizes", "8", "--threads", "1", "--json", str(out))
     assert "| network | input | batch | device |" in stdout and "SGEMM peak" in stdout
@@ -44,11 +47,23 @@ def test_benchmark_quick_mode_runs_and_writes_json(tmp_path):
     assert {(arch, 8, "cpu") for arch in ARCHS} <= cases
     for row in result["rows"]:
         assert row["train_img_s"] > 0 and row["eval_img_s"] > 0
-        assert row["peak_fraction"] == pytest.approx(
-            row["train_flops_per_image"] * row["train_img_s"] / result["sgemm_peak_flops"])
+        assert {"train_ratio", "eval_ratio", "peak_mib", "torch_peak_mib", "torch_note"} <= set(row)
+        peak = result["gpu_sgemm_peak_flops"] if row["device"] == "gpu" else result["sgemm_peak_flops"]
+        assert row["peak_fraction"] == pytest.approx(row["train_flops_per_image"] * row["train_img_s"] / peak)
+        if row["device"] == "gpu":
+            assert row["peak_mib"] > 0 and "| fused kernels |" in stdout
+            if row["torch_device"] == "cuda":
+                assert row["train_ratio"] > 0 and row["eval_ratio"] > 0 and row["torch_peak_mib"] > 0
+            else:
+                assert row["train_ratio"] is None and row["eval_ratio"] is None
+                assert "no usable CUDA" in row["torch_note"]
+            continue
         assert row["train_ratio"] > 0  # the PyTorch twin ran (same parameter count checked)
         assert row["ratio_ceiling"] == pytest.approx(row["gemm_floor_img_s"] / row["torch_train_img_s"])
         assert row["eval_ratio_ceiling"] == pytest.approx(row["eval_gemm_floor_img_s"] / row["torch_eval_img_s"])
+    if any(row["device"] == "gpu" for row in result["rows"]):
+        assert result["gpu"]["sgemm_peak_flops"] > 0 and len(result["gpu"]["host_cost_per_call"]) == 7
+        assert result["gpu"]["cupy_fp32_compute_type"] != "COMPUTE_TYPE_TF32"
     assert "scaling" not in result  # --quick skips the sweep unless asked to plot it
 
 
@@ -100,7 +115,7 @@ def test_benchmark_defaults_follow_the_issue():
     args = benchmark.parse_args([])
     assert args.threads == 2 and args.optimizer == "momentum" and set(args.archs) == set(ARCHS)
     assert benchmark.parse_args(["--gpu-model"]).optimizer == "adam"  # as the README's prediction table
-    assert benchmark.INPUT_SHAPES == INPUTS
+    assert benchmark.INPUT_SHAPES == INPUTS and args.device == "all" and args.kernels is None
 
 
 def test_gemm_flops_per_image_from_the_layer_shapes():
