@@ -148,7 +148,8 @@ def parity_bounds(layer, x, y, dy):
     if isinstance(layer, EXACT):
         return {"y": 0.0, "dx": 0.0}
     if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
-        return batchnorm_bounds(x, layer.params["weight"], dy, layer.eps, layer.training, layer.momentum)
+        return batchnorm_bounds(x, layer.params["weight"], dy, layer.eps, layer.training, layer.momentum,
+                                running_stats=(layer.state["running_mean"], layer.state["running_var"]))
     if isinstance(layer, Normalize):  # (x - mean) / std, and dy / std
         return {"y": elementwise_bound(y, 2), "dx": elementwise_bound(dy / np.asarray(layer.std).reshape(-1, 1, 1), 1)}
     return linear_layer_bounds(layer, x, dy)  # Conv2D, Dense, the average pools, Flatten

@@ -84,14 +84,19 @@ def linear_layer_bounds(layer, x, dy) -> dict:
     return {k: sum_bound(np.maximum(counts[k], 1.0), magnitudes[k]) for k in magnitudes}
 
 
-def batchnorm_bounds(x, weight, dy, eps: float, training: bool = True, momentum: float = 0.1) -> dict:
+def batchnorm_bounds(x, weight, dy, eps: float, training: bool = True, momentum: float = 0.1,
+                     running_stats=None) -> dict:
     """Bounds for batch normalisation over every axis but 1 (M values per channel), from a
     first-order error analysis of its sums (any order, one pass E[x^2] - mean^2 or two):
         d mean <= gamma(M) mean|x|,   d var <= 2 gamma(M) (E[x^2] + mean^2)
         d r / r <= d var / (2 (var + eps)) + 2u        (r = 1 / sqrt(var + eps))
         d x_hat <= r (d mean + |x - mean| d r / r),     y = weight x_hat + bias
     and for dx = weight r (dy - sum(dy)/M - x_hat sum(dy x_hat)/M) the same through the two
-    backward sums. Each bound is doubled: both sides carry their own error."""
+    backward sums. Each bound is doubled: both sides carry their own error.
+    Evaluation mode with ``running_stats`` = (running_mean, running_var), the statistics it
+    normalises with: y = x * scale + (bias - mean * scale) or (x - mean) * scale + bias
+    (scale = weight r) rounds terms as large as |x| r and |mean| r, dx = dy * scale up to 4
+    roundings a side, and sum(dy * x) - mean * sum(dy) sums |dy x| and |mean dy|."""
     x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
     axes = tuple(i for i in range(x.ndim) if i != 1)
     per_channel = (1, -1) + (1,) * (x.ndim - 2)  # broadcasts along axis 1
@@ -105,23 +110,31 @@ def batchnorm_bounds(x, weight, dy, eps: float, training: bool = True, momentum:
     d_mean = g * np.abs(x).mean(axis=axes, keepdims=True)
     d_var = 2.0 * g * ((x * x).mean(axis=axes, keepdims=True) + mean * mean) + 4.0 * U32 * var
     d_r = r * (d_var / (2.0 * (var + eps)) + 2.0 * U32)  # absolute error of r
+    fixed = not training and running_stats is not None  # evaluation on the running statistics
+    if fixed:
+        mean, var = (np.asarray(a, np.float64).reshape(per_channel) for a in running_stats)
+        r = 1.0 / np.sqrt(var + eps)
     x_hat = (x - mean) * r
     if not training:  # fixed statistics: element-wise only
         d_r = d_mean = 0.0
     d_x_hat = r * d_mean + centred * d_r + 2.0 * U32 * np.abs(x_hat)
     y_bound = 2.0 * (w * d_x_hat + 2.0 * U32 * (w * np.abs(x_hat) + 1.0))
+    if fixed:
+        y_bound = y_bound + 2.0 * 4.0 * U32 * w * r * (np.abs(x) + np.abs(mean))
     sum_dy, sum_abs_dy = dy.sum(axis=axes, keepdims=True), np.abs(dy).sum(axis=axes, keepdims=True)
     sum_dy_xhat = (dy * x_hat).sum(axis=axes, keepdims=True)
     d_sum_dy = g * sum_abs_dy
     d_sum_dy_xhat = g * (np.abs(dy * x_hat)).sum(axis=axes, keepdims=True) + (np.abs(dy) * d_x_hat).sum(
         axis=axes, keepdims=True)
+    if fixed:
+        d_sum_dy_xhat = d_sum_dy_xhat + g * r * (np.abs(dy * x) + np.abs(dy * mean)).sum(axis=axes, keepdims=True)
     if training:
         inner = np.abs(dy - sum_dy / m - x_hat * sum_dy_xhat / m)
         d_inner = (d_sum_dy + np.abs(x_hat) * d_sum_dy_xhat + d_x_hat * np.abs(sum_dy_xhat)) / m \
             + 4.0 * U32 * (np.abs(dy) + sum_abs_dy / m + np.abs(x_hat * sum_dy_xhat) / m)
     else:
         inner, d_inner = np.abs(dy), 0.0
-    dx_bound = 2.0 * w * (d_r * inner + r * d_inner + 2.0 * U32 * r * inner)
+    dx_bound = 2.0 * w * (d_r * inner + r * d_inner + (4.0 if fixed else 2.0) * U32 * r * inner)
     unbiased = m / max(m - 1, 1)
     running = {"state running_mean": (2.0 * (momentum * d_mean + 4.0 * U32 * (np.abs(mean) + 1.0))).reshape(-1),
                "state running_var": (2.0 * (momentum * unbiased * d_var + 4.0 * U32 * (var + 1.0))).reshape(-1)}

@@ -13,9 +13,13 @@ normalises with the running statistics instead.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
+from .. import kernels
 from ..backend import array_module, to_host
+from ..kernels import batchnorm as fused
 from ..parallel import joined, over_channel_chunks
 from .base import Layer, check_dtype, check_positive_int, in_layout_of
 
@@ -26,6 +30,16 @@ def _check_number(owner: str, name: str, value, inside, wanted: str) -> float:
             or not inside(float(value)):
         raise ValueError(f"{owner} expected {name} {wanted}, got {value!r}")
     return float(value)
+
+
+class _FusedCache(NamedTuple):
+    """What a fused forward (gpucnn.kernels.batchnorm) keeps for backward: x's layout (its
+    buffer), the statistics it normalised with ((C,) mean and var) and the mode."""
+
+    layout: fused.ChannelLayout
+    mean: object
+    var: object
+    training: bool
 
 
 class _BatchNorm(Layer):
@@ -96,10 +110,16 @@ class _BatchNorm(Layer):
         (mean / std)^2 (measured on 65,536 values per channel: 3e-6 at |mean| = 3 std,
         2e-4 at 10 std, 3e-2 at 100 std); convolution outputs sit at the small end.
         Backward reads x itself, so no centred copy of x is kept.
+
+        With the "batchnorm" kernel group active (float32 on a GPU): two launches in
+        training (statistics summed in float64, no cancellation; then the normalise pass),
+        one in evaluation; see gpucnn.kernels.batchnorm.
         """
         self._check_floating(x, self.dtype)
         self.output_shape(x.shape)
         xp = array_module(x)
+        if x.dtype == np.float32 and kernels.active("batchnorm", xp):
+            return self._forward_fused(x)
         weight, bias, t = self.params["weight"], self.params["bias"], x.dtype.type
         training = self.training
         count = x.size // self.num_features  # M, values per channel
@@ -133,6 +153,35 @@ class _BatchNorm(Layer):
         self._cache = (x, mean, inv_std, training)
         return y
 
+    def _forward_fused(self, x):
+        """forward() through the batchnorm kernels: x (N, C, ...) -> y, x's layout."""
+        count = x.size // self.num_features  # M, values per channel
+        if self.training and count < 2:
+            raise ValueError(
+                f"{self._owner()} expected more than 1 value per channel in training mode, "
+                f"got x of shape {tuple(x.shape)}; use a larger batch, or eval mode"
+            )
+        layout = fused.channel_layout(x)
+        weight, bias = self.params["weight"], self.params["bias"]
+        if self.training:
+            running_mean, running_var = self._running_buffers()
+            y, mean, var = fused.train_forward(layout, weight, bias, running_mean, running_var,
+                                               self.eps, self.momentum)  # moves the running stats in place
+        else:
+            mean, var = self.state["running_mean"], self.state["running_var"]
+            y = fused.normalized(layout, mean, var, weight, bias, self.eps)
+        self._cache = _FusedCache(layout, mean, var, self.training)
+        return y
+
+    def _running_buffers(self):
+        """The running statistics as C-contiguous float32 (C,) arrays, which the stats kernel
+        updates in place (they already are, unless loaded from elsewhere: then one copy)."""
+        for name in ("running_mean", "running_var"):
+            value = self.state[name]
+            if value.dtype != np.float32 or not value.flags.c_contiguous:
+                self.state[name] = array_module(value).ascontiguousarray(value, dtype=np.float32)
+        return self.state["running_mean"], self.state["running_var"]
+
     def _update_running_stats(self, mean, var, count):
         t, m = self.dtype.type, self.momentum
         self.state["running_mean"] = t(1 - m) * self.state["running_mean"] + t(m) * mean
@@ -149,11 +198,18 @@ class _BatchNorm(Layer):
 
         After an evaluation-mode forward (fixed statistics): dx = weight * inv_std * dy.
         Both fill grads["weight"] = sum(dy * x_hat) and grads["bias"] = sum(dy).
+        After a fused forward: two launches (sums in float64, then dx), one without dx.
 
         Per group of channels, as forward: sum(dy) and sum(dy * x), then
         dx = (x * k + dy + c) * scale with per-channel k and c, from cache: over memory,
         dy and x are read once and dx written once.
         """
+        if isinstance(self._cached(), _FusedCache):
+            layout, mean, var, training = self._cache
+            self._check_dy(dy, layout.shape)
+            dx, self.grads["weight"], self.grads["bias"] = fused.backward(
+                layout, dy, mean, var, self.params["weight"], self.eps, training, need_input_grad)
+            return dx
         x, mean, inv_std, training = self._cached()
         self._check_dy(dy, x.shape)
         xp = array_module(dy)
