@@ -25,6 +25,7 @@ __all__ = [
     "GPUFallbackWarning",
     "array_module",
     "compile_cuda_module",
+    "cublas_binding",
     "get_backend",
     "gpu_status",
     "register_array_type",
@@ -165,6 +166,19 @@ def compile_cuda_module(source: str, options: tuple):
     import cupy  # noqa: PLC0415  (only reached with a usable GPU)
 
     return cupy.RawModule(code=source, options=tuple(options))
+
+
+def cublas_binding(xp):
+    """``(cublas, get_handle)`` for the real ``cupy`` module: CuPy's cuBLAS binding
+    (``cupy_backends.cuda.libs.cublas``, whose calls run on CuPy's current stream) and
+    ``cupy.cuda.device.get_cublas_handle`` (the current device's handle, shared with CuPy);
+    None for any other array module (NumPy, the tests' stand-in). gpucnn.kernels.gemm uses it."""
+    if getattr(xp, "__name__", None) != "cupy":
+        return None
+    from cupy.cuda import device  # noqa: PLC0415  (only reached with a usable GPU)
+    from cupy_backends.cuda.libs import cublas  # noqa: PLC0415
+
+    return cublas, device.get_cublas_handle
 
 
 def nvrtc_binding():

@@ -4,8 +4,10 @@ computes them. State is kept per parameter under the model's stable parameter ke
 
 Every update runs in place on the parameter's device, once per batch: a few array
 operations per parameter, scalars cast to the parameter's dtype (float32 stays float32),
-no Python decisions on device values. ``lr`` is a plain attribute: a learning-rate
-schedule (gpucnn.schedules) sets it between steps.
+no Python decisions on device values. With the "optimizer" kernel group active (GPU),
+every parameter takes its step in ONE launch (gpucnn.kernels.optim: multi-tensor, the same
+float32 operations in the same order, so the same numbers bit for bit). ``lr`` is a plain
+attribute: a learning-rate schedule (gpucnn.schedules) sets it between steps.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module, to_host
+from .kernels.optim import TensorTable, adam_update, sgd_update
 
 
 def _is_number(value) -> bool:
@@ -37,6 +41,7 @@ class Optimizer:
         self.model = model
         self.state: dict[str, dict] = {}  # parameter key -> {"buffer name": device array}
         self.steps = 0
+        self._table = TensorTable()  # the multi-tensor launch's device table (fused path only)
         self._configure(hyper)
 
     # -- hyperparameters ---------------------------------------------------------------
@@ -83,10 +88,33 @@ class Optimizer:
                     "run model.backward(...) before step()"
                 )
         self.steps += 1
+        if params and self._fused_step(params):
+            return
         for key, layer, name in params:
             self._update(key, layer.params[name], layer.grads[name])
 
     def _update(self, key, param, grad):
+        raise NotImplementedError
+
+    def _fused_step(self, params) -> bool:
+        """Every parameter's update in one launch (gpucnn.kernels.optim) when the "optimizer"
+        group is active for their device and every parameter is float32 and C-contiguous;
+        returns False (nothing done) otherwise."""
+        xp = array_module(params[0][1].params[params[0][2]])
+        if xp is np or not kernels.active("optimizer", xp):  # NumPy never runs kernel groups
+            return False
+        keys, weights, grads = [], [], []
+        for key, layer, name in params:
+            w, g = layer.params[name], layer.grads[name]
+            if w.dtype != np.float32 or g.dtype != w.dtype or g.shape != w.shape or not w.flags.c_contiguous:
+                return False
+            keys.append(key)  # gradients in any layout: the kernel reads strided ones in place
+            weights.append(w)
+            grads.append(g)
+        self._multi_update(keys, weights, grads)
+        return True
+
+    def _multi_update(self, keys, weights, grads):
         raise NotImplementedError
 
     def _buffer(self, key, name, like):
@@ -95,6 +123,27 @@ class Optimizer:
         if name not in per_param:
             per_param[name] = array_module(like).zeros_like(like)  # on like's device, in its dtype
         return per_param[name]
+
+    def _buffers(self, keys, name, weights):
+        """The named state buffer of every parameter, C-contiguous (the multi-tensor kernel
+        reads raw memory). Missing ones start as zeros: views of one new flat buffer, one fill."""
+        xp = array_module(weights[0])
+        missing = [i for i, key in enumerate(keys) if name not in self.state.get(key, {})]
+        if missing:
+            flat = xp.zeros(sum(weights[i].size for i in missing), dtype=weights[0].dtype)  # (total,)
+            offset = 0
+            for i in missing:
+                size = weights[i].size
+                view = flat[offset:offset + size].reshape(weights[i].shape)  # (*parameter shape)
+                self.state.setdefault(keys[i], {})[name] = view
+                offset += size
+        buffers = []
+        for key in keys:
+            buffer = self.state[key][name]
+            if not buffer.flags.c_contiguous:  # loaded from a file in another order: once
+                buffer = self.state[key][name] = xp.ascontiguousarray(buffer)
+            buffers.append(buffer)
+        return buffers
 
     # -- save / restore --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -182,6 +231,11 @@ class SGD(Optimizer):
             grad = grad + t(self.momentum) * velocity if self.nesterov else velocity
         param -= t(self.lr) * grad
 
+    def _multi_update(self, keys, weights, grads):
+        velocities = self._buffers(keys, "velocity", weights) if self.momentum else None
+        sgd_update(self._table, weights, grads, velocities, self.lr, self.momentum,
+                   self.weight_decay, self.nesterov)
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as torch.optim.Adam:
@@ -236,6 +290,11 @@ class Adam(Optimizer):
         xp.divide(m, scratch, out=scratch)
         scratch *= t(step_size)
         param -= scratch
+
+    def _multi_update(self, keys, weights, grads):
+        adam_update(self._table, weights, grads, self._buffers(keys, "m", weights),
+                    self._buffers(keys, "v", weights), self.lr, self.betas, self.eps,
+                    self.weight_decay, self._decoupled, self.steps)
 
 
 class AdamW(Adam):

@@ -1,8 +1,13 @@
 """Dense: the fully connected layer."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
+from ..backend import array_module
+from ..kernel_groups import active
+from ..kernels import gemm
 from .base import Layer, check_dtype, check_positive_int, check_rng
 from .init import init_weight
 
@@ -51,7 +56,7 @@ class Dense(Layer):
         self._check_floating(x, self.dtype)
         self.output_shape(x.shape)
         self._cache = x
-        y = x @ self.params["weight"]  # (N, out_features)
+        y = _matmul(x)(x, self.params["weight"])  # (N, out_features)
         y += self.params["bias"]  # in place: no second (N, out_features) array
         return y
 
@@ -59,19 +64,28 @@ class Dense(Layer):
         """dy (N, out_features) -> dx (N, in_features); fills grads."""
         x = self._cached()
         self._check_dy(dy, (x.shape[0], self.out_features))
-        self.grads["weight"] = x.T @ dy  # (in_features, out_features)
+        matmul = _matmul(x)
+        self.grads["weight"] = matmul(x.T, dy)  # (in_features, out_features)
         self.grads["bias"] = dy.sum(axis=0)  # (out_features,)
         if not need_input_grad:
             return None
-        return input_gradient(x, self.params["weight"], dy)
+        return input_gradient(x, self.params["weight"], dy, matmul)
 
 
-def input_gradient(x, weight, dy):
+def _matmul(x):
+    """The matrix multiply for arrays like x: cuBLAS directly (gpucnn.kernels.gemm) when the
+    "gemm" kernel group is active for x's device, else the ``@`` operator (NumPy's BLAS)."""
+    xp = array_module(x)
+    return gemm.matmul if xp is not np and active("gemm", xp) else operator.matmul
+
+
+def input_gradient(x, weight, dy, matmul=operator.matmul):
     """dx = dy @ weight.T (N, in_features), in x's memory layout.
 
     When x is a view of (in_features, N) memory (Flatten of batch-innermost feature maps),
     dx comes back in that layout, so the layers below need no transposing copy.
+    ``matmul``: ``@`` or gpucnn.kernels.gemm.matmul (both give C-contiguous products).
     """
     if x.flags.f_contiguous and not x.flags.c_contiguous:
-        return (weight @ dy.T).T  # (N, in_features)
-    return dy @ weight.T  # (N, in_features)
+        return matmul(weight, dy.T).T  # (in_features, N) product -> (N, in_features) view
+    return matmul(dy, weight.T)  # (N, in_features)

@@ -46,6 +46,15 @@ class Flags:
         return f"  C_CONTIGUOUS : {self.c_contiguous}\n  F_CONTIGUOUS : {self.f_contiguous}\n  OWNDATA : {self.owndata}"
 
 
+class MemoryPointer:
+    """``cupy.ndarray.data``: only its ``ptr``."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
 class StandInArray:
     """An array on the stand-in device. Supports the ``cupy.ndarray`` API gpucnn uses."""
 
@@ -87,6 +96,9 @@ class StandInArray:
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: Flags(self._a))
     T = property(lambda self: StandInArray(self._a.T, self._dev))  # a view
+    # cupy.ndarray.data.ptr: the first element's address. The stand-in's memory is its host
+    # buffer, so a kernel twin (or a fake library) can follow a table of such addresses.
+    data = property(lambda self: MemoryPointer(self._a.ctypes.data))
 
     def __len__(self):
         return len(self._a)
@@ -176,4 +188,4 @@ for _name, _ufunc in COMPARISON_UFUNCS.items():
 for _name, _ufunc in UNARY_UFUNCS.items():
     setattr(StandInArray, f"__{_name}__", _unary(_ufunc))
 
-__all__ = ["DeviceDisciplineError", "Flags", "StandInArray", "c_order"]
+__all__ = ["DeviceDisciplineError", "Flags", "MemoryPointer", "StandInArray", "c_order"]
