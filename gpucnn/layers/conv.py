@@ -1,6 +1,8 @@
 """Conv2D: cross-correlation (as every framework and seed 000 compute it), via im2col."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import kernels
@@ -9,6 +11,7 @@ from ..kernels.im2col import col2im_nchw, im2col_into
 from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
 from .init import init_weight
 from .im2col import col2im, im2col, output_size, to_chwn
+from .scratch import SHARED_MIN_BYTES, shared_scratch
 
 
 def resolve_padding(owner: str, padding, kernel: tuple[int, int], stride: int):
@@ -162,23 +165,42 @@ class Conv2D(Layer):
 
         xp = array_module(x)
         k = self.in_channels * kh * kw
+        padded_hw = (h + top + bottom, w + left + right)
+        fused = self._fused(x, xp)
+        columns = (k + 1, out_h * out_w * n)  # (C_in*kh*kw + 1, OH*OW*N)
+        shared = fused and math.prod(columns) * x.dtype.itemsize > SHARED_MIN_BYTES
         # the last row of the columns holds ones, so the bias rides along in the GEMM (as the
         # last column of the weights): no separate pass over y adds it, and backward gets
         # the bias gradient from the weight-gradient GEMM (a sum over the same columns)
-        cols = self._workspace("cols", (k + 1, out_h * out_w * n), x.dtype, xp,
-                               initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
-        padded_hw = (h + top + bottom, w + left + right)
-        if self._fused(x, xp):  # one launch: x's layout, padding and windows in the kernel
-            im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w,
-                        tuple(blocks))  # (C_in*kh*kw, OH*OW*N)
+        if shared:  # the device's one buffer (layers/scratch.py): rebuilt in backward from x
+            cols = self._shared_columns(x, columns, out_h, out_w, blocks)  # (C_in*kh*kw + 1, OH*OW*N)
         else:
-            x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
-            im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k], blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
+            cols = self._workspace("cols", columns, x.dtype, xp,
+                                   initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
+            if fused:  # one launch: x's layout, padding and windows in the kernel
+                im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w,
+                            tuple(blocks))  # (C_in*kh*kw, OH*OW*N)
+            else:
+                x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
+                im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k],
+                       blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
         weight_and_bias = xp.concatenate([weight.reshape(self.out_channels, k), bias[:, None]],
                                          axis=1)  # (C_out, C_in*kh*kw + 1)
         y = weight_and_bias @ cols  # (C_out, OH*OW*N), columns in im2col's order for blocks
-        self._cache = (cols, padded_hw, (n, self.out_channels, out_h, out_w), tuple(blocks))
+        # the columns, or (for shared ones) the input they are rebuilt from
+        kept = _Rebuild(x, columns) if shared else cols
+        self._cache = (kept, padded_hw, (n, self.out_channels, out_h, out_w), tuple(blocks))
         return y.reshape(self.out_channels, bh, bw, out_h // bh, out_w // bw, n)  # (C_out, bh, bw, OH/bh, OW/bw, N)
+
+    def _shared_columns(self, x, columns, out_h, out_w, blocks):
+        """im2col of x into the device's shared columns buffer, with its ones row: two launches."""
+        xp = array_module(x)
+        (kh, kw), (top, _, left, _) = self.kernel_size, self.pads
+        k = columns[0] - 1
+        cols = shared_scratch(xp, "conv columns", columns, x.dtype)  # (C_in*kh*kw + 1, OH*OW*N)
+        cols[k].fill(1)
+        im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w, tuple(blocks))
+        return cols
 
     def backward(self, dy, need_input_grad=True):
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W); fills grads."""
@@ -203,6 +225,8 @@ class Conv2D(Layer):
         weight = self.params["weight"]
         xp = array_module(dy_blocks)
 
+        if isinstance(cols, _Rebuild):  # shared columns: rebuilt from the kept input
+            cols = self._shared_columns(cols.x, cols.shape, out_h, out_w, blocks)  # (C_in*kh*kw + 1, OH*OW*N)
         dy_2d = dy_blocks.reshape(c_out, -1)  # (C_out, OH*OW*N), columns in cols' order
         # rows 0..k-1 of cols @ dy_2d.T are the weight gradient (transposed), row k (the ones
         # row) the bias gradient: sum(dy) per output channel
@@ -213,7 +237,10 @@ class Conv2D(Layer):
         if not need_input_grad:
             return None
         kh, kw = self.kernel_size
-        dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)
+        if self._fused(cols, xp) and k * cols.shape[1] * cols.itemsize > SHARED_MIN_BYTES:
+            dcols = shared_scratch(xp, "conv column gradients", (k, cols.shape[1]), cols.dtype)
+        else:
+            dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)  # (C_in*kh*kw, OH*OW*N)
         xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
         top, bottom, left, right = self.pads
         h, w = padded_hw[0] - top - bottom, padded_hw[1] - left - right
@@ -223,3 +250,13 @@ class Conv2D(Layer):
         dx_chwn = col2im(dcols, self.in_channels, kh, kw, padded_hw, self.stride, out_h, out_w,
                          blocks)  # (C_in, Hp, Wp, N)
         return dx_chwn[:, top:top + h, left:left + w, :].transpose(3, 0, 1, 2)  # (N, C_in, H, W)
+
+
+class _Rebuild:
+    """What Conv2D keeps of a forward whose columns went to the shared buffer: its input
+    and the columns' shape, to rebuild them in backward."""
+
+    __slots__ = ("x", "shape")
+
+    def __init__(self, x, shape):
+        self.x, self.shape = x, shape

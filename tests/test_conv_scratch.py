@@ -1,0 +1,73 @@
+"""Conv2D's large im2col columns on the fused GPU path go to one buffer per device
+(gpucnn/layers/scratch.py) and are rebuilt in backward from the kept input: the same
+numbers as the private-columns path and as NumPy, and one buffer for every layer.
+Device: the CuPy stand-in (a real GPU under .ci/gpu)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpucnn import Conv2D, MaxPool2D, ReLU, Sequential
+from gpucnn.backend import get_backend
+from gpucnn.layers import conv as conv_module
+from gpucnn.layers import scratch
+from standin import standin_backend
+
+
+def two_convs(seed):
+    r = np.random.default_rng(seed)
+    return Sequential([Conv2D(2, 4, 3, padding=1, rng=r), ReLU(), MaxPool2D(2),
+                       Conv2D(4, 3, (3, 2), stride=1, padding=((1, 0), (0, 1)), rng=r)])
+
+
+def run(model, backend, x, dy):
+    model = model.to(backend)
+    y = model.forward(backend.asarray(x))
+    dx = model.backward(backend.asarray(dy))
+    grads = {f"{i}.{k}": backend.to_numpy(v) for i, layer in enumerate(model.layers) for k, v in layer.grads.items()}
+    return backend.to_numpy(y), backend.to_numpy(dx), grads
+
+
+@pytest.mark.parametrize("threshold", [0, 2 ** 40])  # every layer shared / every layer private
+def test_shared_columns_give_the_numbers_of_private_ones_and_of_numpy(monkeypatch, threshold):
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)
+    data = np.random.default_rng(0)
+    x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)  # exact sums on every side
+    dy = (data.integers(-4, 5, (3, 3, 3, 4)) / 4).astype(np.float32)
+    dev = run(two_convs(1), standin_backend(kernels="im2col"), x, dy)
+    host = run(two_convs(1), get_backend("cpu"), x, dy)
+    np.testing.assert_array_equal(dev[0], host[0])
+    np.testing.assert_array_equal(dev[1], host[1])
+    for key in host[2]:
+        np.testing.assert_array_equal(dev[2][key], host[2][key], err_msg=key)
+
+
+def test_every_conv_of_a_device_uses_one_columns_buffer(monkeypatch):
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
+    backend = standin_backend(kernels="im2col")
+    model = two_convs(2).to(backend)
+    model.forward(backend.asarray(np.ones((2, 2, 8, 8), np.float32)))
+    first, second = model.layers[0], model.layers[3]
+    assert not first._buffers and not second._buffers  # no private columns kept
+    assert first._cache[0].x is not None and second._cache[0].shape == (4 * 3 * 2 + 1, 3 * 4 * 2)
+    held = scratch._BUFFERS[backend.xp]["conv columns"]
+    assert held.size == (2 * 9 + 1) * 8 * 8 * 2  # the larger of the two layers' columns
+
+
+def test_rebuilding_costs_two_launches_in_backward(monkeypatch):
+    def launches(threshold):
+        monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)
+        backend = standin_backend(kernels="im2col")
+        layer = Conv2D(3, 5, 3, padding=1, rng=np.random.default_rng(0)).to(backend)
+        x = backend.asarray(np.ones((2, 3, 6, 6), np.float32))
+        dy = backend.asarray(np.ones((2, 5, 6, 6), np.float32))
+        layer.forward(x), layer.backward(dy)  # first step: private buffers get made
+        before = backend.xp.work.launches
+        layer.forward(x)
+        middle = backend.xp.work.launches
+        layer.backward(dy)
+        return middle - before, backend.xp.work.launches - middle
+
+    (private_forward, private_backward), (shared_forward, shared_backward) = launches(2 ** 40), launches(0)
+    assert shared_forward == private_forward + 1  # the ones row
+    assert shared_backward == private_backward + 2  # the ones row and im2col again
