@@ -33,7 +33,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # every .npz is a zip archive
 NPY_MAGIC = b"\x93NUMPY"
 
 __all__ = ["CheckpointError", "save_checkpoint", "checkpoint_arrays", "write_checkpoint",
-           "load_checkpoint", "read_model", "rebuild", "load_trained_model", "check_output_path"]
+           "load_checkpoint", "read_model", "read_data_info", "rebuild", "load_trained_model", "check_output_path"]
 
 
 class CheckpointError(ValueError):
@@ -160,17 +160,34 @@ def load_checkpoint(path) -> dict:
 
 def read_model(path) -> tuple[list, dict, dict | None]:
     """(architecture, weights, checkpoint meta or None for a model file) from either kind."""
+    return _read_model(path)[:3]
+
+
+DATA_INFO_KEYS = ("input_shape", "class_names", "image_stats")
+
+
+def read_data_info(path) -> dict:
+    """The model's ``data_info`` (input shape, class names, image statistics) as a
+    checkpoint or a model file records it; {} for files written before it was kept."""
+    return _read_model(path)[3]
+
+
+def _read_model(path) -> tuple[list, dict, dict | None, dict]:
+    """read_model's three, plus the data_info either kind of file records."""
     entries = _read_npz(path)
     if "meta" in entries:
         checkpoint = load_checkpoint(path)
-        return checkpoint["meta"]["architecture"], checkpoint["params"], checkpoint["meta"]
+        meta = checkpoint["meta"]
+        info = {k: meta[k] for k in DATA_INFO_KEYS if meta.get(k) is not None}
+        return meta["architecture"], checkpoint["params"], meta, info
     if "architecture" not in entries:
         raise _not_gpucnn(path, entries)
     meta = _json_entry(path, entries, "architecture")
     _check_format(path, meta.get("format_version"), MODEL_FORMAT, "model file")
     if not isinstance(meta.get("layers"), list):
         raise CheckpointError(f"{os.fspath(path)}: the model file lacks its list of layers; it is damaged")
-    return meta["layers"], _params(entries), None
+    info = meta.get("data_info") if isinstance(meta.get("data_info"), dict) else {}
+    return meta["layers"], _params(entries), None, info
 
 
 def rebuild(architecture: list, params: dict, path) -> Sequential:
@@ -184,9 +201,12 @@ def rebuild(architecture: list, params: dict, path) -> Sequential:
 
 
 def load_trained_model(path, backend="cpu") -> Sequential:
-    """The model in a training checkpoint or a ``Sequential.save`` file, on ``backend``."""
-    architecture, params, _ = read_model(path)
-    return rebuild(architecture, params, path).to(backend)
+    """The model in a training checkpoint or a ``Sequential.save`` file, on ``backend``,
+    with the ``data_info`` (input shape, class names, image statistics) the file records."""
+    architecture, params, _, info = _read_model(path)
+    model = rebuild(architecture, params, path)
+    model.data_info = info
+    return model.to(backend)
 
 
 # -- output paths -------------------------------------------------------------------------

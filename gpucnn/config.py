@@ -20,7 +20,7 @@ from .optim import SGD, Adam, AdamW
 from .schedules import SCHEDULES
 from .zoo import ARCHS, read_architecture
 
-__all__ = ["TrainConfig", "FlagError", "make_optimizer", "check_resume", "ARCHS", "DATASETS", "DEVICES",
+__all__ = ["TrainConfig", "FlagError", "make_optimizer", "check_resume", "resume_config", "flag_words", "ARCHS", "DATASETS", "DEVICES",
            "OPTIMIZERS", "SCHEDULE_NAMES", "FILE_DATASETS"]
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -70,12 +70,20 @@ class TrainConfig:
     resume: str | None = None
     verbose: int = 1
     distributed: bool = False  # data-parallel over the ranks of an MPI launch (gpucnn.distributed)
+    # an image folder (gpucnn.datasets.folder): channels 1|3 and "HxW" (None: from the images),
+    # where the decoded cache lives (None: gpucnn.datasets.default_cache_dir()), unreadable files
+    channels: int | None = None
+    image_size: str | None = None
+    cache_dir: str | None = None
+    skip_bad_images: bool = False
+    log_dir: str | None = None  # TensorBoard event files (gpucnn.tensorboard)
 
     # flags that must match when resuming: they define the data, the model and its schedule
     RUN_DEFINING = ("dataset", "arch", "normalize", "optimizer", "schedule", "warmup_epochs", "seed",
-                    "limit_train", "val_fraction")
+                    "limit_train", "val_fraction", "channels", "image_size", "skip_bad_images")
     # what a checkpoint written before a flag existed was trained with
-    BEFORE_FLAG = {"normalize": False, "schedule": "constant", "warmup_epochs": 0}
+    BEFORE_FLAG = {"normalize": False, "schedule": "constant", "warmup_epochs": 0, "channels": None,
+                   "image_size": None, "skip_bad_images": False}
 
     @property
     def effective_weight_decay(self) -> float:
@@ -127,19 +135,57 @@ class TrainConfig:
                 check_output_path(self.checkpoint)
             except ValueError as exc:
                 raise ValueError(f"--checkpoint: {exc}") from None
+        if self.log_dir is not None:
+            from .tensorboard import check_log_dir
+            check_log_dir(self.log_dir)  # ValueError "--log-dir ...": tensorboardX missing, not writable
         return self
 
+    @property
+    def image_folder(self) -> bool:
+        """True when ``dataset`` names a folder of images (a name in DATASETS never does)."""
+        return self.dataset not in DATASETS and os.path.isdir(str(self.dataset))
+
     def _validate_data_source(self, fail) -> None:
-        if str(self.dataset).lower().endswith(".npz"):
+        if self.image_folder:
+            self._validate_image_folder()
+        elif str(self.dataset).lower().endswith(".npz"):
             if not os.path.isfile(self.dataset):
                 raise ValueError(f"--dataset {self.dataset}: no such file; give the path of a .npz file "
                                  "holding x_train, y_train, x_test, y_test")
         elif self.dataset not in DATASETS:
-            fail("dataset", f"one of {', '.join(DATASETS)}, or the path of a .npz file")
+            fail("dataset", f"one of {', '.join(DATASETS)}, the path of a .npz file or of a folder of images "
+                            "with one subfolder per class")
+        else:
+            for name in ("channels", "image_size", "cache_dir", "skip_bad_images"):
+                if getattr(self, name) not in (None, False):
+                    raise ValueError(f"--{name.replace('_', '-')}: only used with --dataset FOLDER (a folder of "
+                                     f"images), got --dataset {self.dataset}")
         for name, given in (("data-dir", self.data_dir is not None), ("download", self.download)):
             if given and self.dataset not in FILE_DATASETS:
                 raise ValueError(f"--{name}: only used with --dataset {', '.join(FILE_DATASETS[:-1])} or "
                                  f"{FILE_DATASETS[-1]}, got --dataset {self.dataset}")
+
+    def _validate_image_folder(self) -> None:
+        from .images import PILLOW_MISSING, parse_image_size
+
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"--channels expected 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if self.image_size is not None:
+            try:
+                parse_image_size(self.image_size)
+            except ValueError as exc:
+                raise ValueError(f"--image-size {exc}") from None
+        if not isinstance(self.skip_bad_images, bool):
+            raise ValueError(f"--skip-bad-images expected True or False, got {self.skip_bad_images!r}")
+        try:
+            import PIL  # noqa: F401  (the folder is decoded with Pillow)
+        except ImportError:
+            raise ValueError(f"--dataset {self.dataset}: {PILLOW_MISSING}") from None
+        if self.cache_dir is not None:
+            try:
+                check_output_path(os.path.join(self.cache_dir, "probe.npz"))
+            except ValueError as exc:
+                raise ValueError(f"--cache-dir: {exc}") from None
 
     def _validate_arch(self, fail) -> None:
         if self.arch in ARCHS:
@@ -189,6 +235,11 @@ class TrainConfig:
             del settings["warmup_epochs"]
         if not self.distributed:
             del settings["distributed"]
+        if self.image_folder:
+            from .datasets import default_cache_dir
+            settings["cache_dir"] = self.cache_dir or str(default_cache_dir())
+        else:
+            del settings["skip_bad_images"]
         return {k: v for k, v in settings.items() if v is not None}
 
 
@@ -211,19 +262,75 @@ def make_optimizer(name: str, model, lr: float, momentum: float = 0.9, weight_de
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
+# this run's own settings when resuming: where and how it runs, not what it trains
+RESUME_OWN = ("device", "epochs", "resume", "verbose", "distributed", "download")
+# how a setting reads when it is not given (None) or switched off (False)
+UNSET_WORDS = {"limit_train": "all training images", "limit_test": "all test images",
+               "channels": "as the images are", "image_size": "the most common size",
+               "weight_decay": "the optimizer's default", "data_dir": "the default folder",
+               "cache_dir": "the default cache folder", "checkpoint": "no checkpoint", "log_dir": "no log"}
+BOOLEAN_FLAGS = ("normalize",)  # --x / --no-x; the other booleans are plain --x switches
+
+
+def flag_words(name: str, value) -> str:
+    """A setting as the command line writes it: "--arch lenet", "--no-normalize",
+    "no --limit-train (all training images)"; never a Python None."""
+    flag = f"--{name.replace('_', '-')}"
+    if name in BOOLEAN_FLAGS:
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    if value is None:
+        return f"no {flag}" + (f" ({UNSET_WORDS[name]})" if name in UNSET_WORDS else "")
+    return f"{flag} {value}"
+
+
+def _same(name: str, was, now) -> bool:
+    if name == "dataset" and was not in DATASETS and now not in DATASETS and was is not None and now is not None:
+        return os.path.realpath(str(was)) == os.path.realpath(str(now))  # a file or folder, however written
+    return was == now
+
+
+def _contradictions(path, saved: dict, asked: dict) -> None:
+    """FlagError listing every run-defining setting in ``asked`` that differs from ``saved``."""
+    wrong = []
+    for name in TrainConfig.RUN_DEFINING:
+        if name not in asked:
+            continue
+        was = saved.get(name, TrainConfig.BEFORE_FLAG.get(name))
+        if not _same(name, was, asked[name]):
+            wrong.append(f"{flag_words(name, asked[name])} (the checkpoint: {flag_words(name, was)})")
+    if wrong:
+        many = len(wrong) > 1
+        raise FlagError(f"{path}: {len(wrong)} setting{'s' * many} contradict{'s' * (not many)} the "
+                        f"checkpoint's run: {'; '.join(wrong)}; leave {'them' if many else 'it'} out to continue "
+                        "the run with the checkpoint's settings, or start a new run without --resume")
+
+
+def resume_config(meta: dict, given: dict) -> TrainConfig:
+    """The TrainConfig that continues the run of the checkpoint ``meta``: every setting
+    from the checkpoint's config, except this run's own (RESUME_OWN: device, epochs, ...)
+    and the fields in ``given`` (the flags given explicitly, at least "resume"). A given
+    flag that contradicts a run-defining setting raises FlagError listing all of them;
+    --lr, --momentum, --weight-decay, --label-smoothing, --augment, --limit-test,
+    --checkpoint, --log-dir and --cache-dir may change."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"resume_config: unknown settings {', '.join(unknown)}; expected TrainConfig fields")
+    saved = {k: v for k, v in meta["config"].items() if k in fields and k not in RESUME_OWN}
+    saved.update({k: v for k, v in TrainConfig.BEFORE_FLAG.items() if k not in meta["config"]})
+    _contradictions(given.get("resume"), saved, given)
+    return TrainConfig(**{**saved, **given})
+
+
 def check_resume(config: TrainConfig, meta: dict) -> None:
     """FlagError unless the checkpoint ``meta`` can continue as ``config`` asks: the same
-    data, model and schedule, fewer epochs done than ``config.epochs``, and, for a
-    schedule that changes the rate, no more epochs (and the same batches) than it was
-    planned for: its length is fixed when the run starts."""
+    data, model and schedule (every difference named in one message), fewer epochs done
+    than ``config.epochs``, and, for a schedule that changes the rate, no more epochs
+    (and the same batches) than it was planned for: its length is fixed when the run starts."""
     saved = meta["config"]
-    for name in TrainConfig.RUN_DEFINING:
-        was = saved.get(name, TrainConfig.BEFORE_FLAG.get(name))
-        if was != getattr(config, name):
-            raise FlagError(
-                f"--resume {config.resume}: the checkpoint was trained with --{name.replace('_', '-')} "
-                f"{was!r}, this run asks for {getattr(config, name)!r}; "
-                "resume with the same value or start a new run")
+    _contradictions(config.resume, saved, {name: getattr(config, name) for name in TrainConfig.RUN_DEFINING})
     done = meta["epoch"]
     if done >= config.epochs:
         raise FlagError(f"{config.resume} already holds {done} epoch{'s' * (done != 1)}; "

@@ -220,6 +220,8 @@ def build_onnx(model, input_shape, opset: int = DEFAULT_OPSET):
             f"newest), got {opset!r}"
         )
     check_exportable(model)
+    if input_shape is None and getattr(model, "data_info", {}).get("input_shape"):
+        input_shape = tuple(model.data_info["input_shape"])  # recorded when it was trained
     if input_shape is None:
         input_shape = infer_input_shape(model)
     shapes = output_shapes(model, input_shape)
@@ -241,8 +243,12 @@ def build_onnx(model, input_shape, opset: int = DEFAULT_OPSET):
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opset_ids))
     proto.doc_string = f"gpucnn Sequential of {len(model.layers)} layers, inference mode"
-    helper.set_model_props(proto, {"gpucnn.architecture": json.dumps(model.architecture()),
-                                   "gpucnn.input_shape": json.dumps(list(input_shape))})
+    props = {"gpucnn.architecture": json.dumps(model.architecture()),
+             "gpucnn.input_shape": json.dumps(list(input_shape))}
+    for key in ("class_names", "image_stats"):  # what scripts/predict.py reads back (gpucnn.classify)
+        if getattr(model, "data_info", {}).get(key) is not None:
+            props[f"gpucnn.{key}"] = json.dumps(model.data_info[key])
+    helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -250,8 +256,11 @@ def build_onnx(model, input_shape, opset: int = DEFAULT_OPSET):
 def to_onnx(model, path, input_shape=None, opset: int = DEFAULT_OPSET):
     """Write ``model`` (a Sequential, on any device) to the ONNX file ``path``.
 
-    ``input_shape`` is the shape of one sample, (C, H, W) for images; None infers it
-    where the first layer fixes it (see :func:`infer_input_shape`). The graph maps
+    ``input_shape`` is the shape of one sample, (C, H, W) for images; None takes the
+    shape ``model.data_info`` records (a trained model loaded from its file), else infers
+    it where the first layer fixes it (see :func:`infer_input_shape`). The class names
+    and training-image statistics the model keeps go into the file's metadata
+    ("gpucnn.class_names", "gpucnn.image_stats", JSON). The graph maps
     images (N, *input_shape) float32 -> logits (N, classes), N dynamic; weights are
     stored as float32 (a float64 model is exported in float32).
 

@@ -37,6 +37,9 @@ class Sequential:
                 )
         self.layers = layers
         self.backend = get_backend("cpu")
+        # what the model was trained on, saved with it: "input_shape" [C, H, W], "class_names"
+        # (a list, or None), "image_stats" (gpucnn.image_stats); {} when not known
+        self.data_info: dict = {}
         self._units = execution_units(layers)  # layers and ConvPools, in the order they run
         self.train()  # a new model starts in training mode, as torch.nn.Module does
 
@@ -213,15 +216,23 @@ class Sequential:
             )
         return self.backend.asarray(value.astype(current.dtype, copy=False))
 
+    @property
+    def class_names(self) -> list | None:
+        """The names of the output classes, in order, when the training data named them
+        (an image folder's subfolders, a .npz's class_names), else None."""
+        return self.data_info.get("class_names")
+
     def save(self, path) -> None:
-        """Write weights + architecture to a host ``.npz`` (atomically: temp file, then rename).
+        """Write weights + architecture to a host ``.npz`` (atomically: temp file, then
+        rename), with :attr:`data_info` (input shape, class names, image statistics) when known.
 
         The model stays on its device; a GPU-trained model loads on a CPU-only laptop.
         """
         arrays = {f"param/{k}": v for k, v in self.state_dict().items()}
-        arrays["architecture"] = np.array(json.dumps(
-            {"format_version": FORMAT_VERSION, "layers": self.architecture()}
-        ))
+        entry = {"format_version": FORMAT_VERSION, "layers": self.architecture()}
+        if self.data_info:
+            entry["data_info"] = self.data_info
+        arrays["architecture"] = np.array(json.dumps(entry))
         atomic_savez(path, arrays)
 
 

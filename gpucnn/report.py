@@ -57,10 +57,14 @@ def format_epoch(r: dict, epochs: int) -> str:
             f"{val}{lr}{r['seconds']:.1f} s  {r['images_per_s']:.0f} img/s")
 
 
-def format_confusion(matrix: np.ndarray) -> str:
-    width = max(4, len(str(matrix.max())) + 1)
-    header = " " * 4 + "".join(f"{c:>{width}}" for c in range(len(matrix)))
-    rows = [f"{r:>3} " + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]
+def format_confusion(matrix: np.ndarray, class_names=None) -> str:
+    """The (K, K) confusion matrix as text, rows the true class, columns the predicted;
+    labelled with ``class_names`` (K strings) when given, else the class numbers."""
+    labels = [str(c) for c in (class_names if class_names else range(len(matrix)))]
+    width = max(4, len(str(matrix.max())) + 1, *(len(label) + 1 for label in labels))
+    margin = max(3, *(len(label) for label in labels))
+    header = " " * (margin + 1) + "".join(f"{label:>{width}}" for label in labels)
+    rows = [f"{label:>{margin}} " + "".join(f"{v:>{width}}" for v in row) for label, row in zip(labels, matrix)]
     return "\n".join([header, *rows])
 
 

@@ -84,17 +84,22 @@ def check_split_sizes(n_train: int, limit_train: int | None, val_fraction: float
 
 
 def plan_splits(train_y: np.ndarray, test_y: np.ndarray, limit_train: int | None, val_fraction: float,
-                limit_test: int | None, rng: np.random.Generator) -> Splits:
+                limit_test: int | None, rng: np.random.Generator, val_given: bool = False) -> Splits:
     """Index arrays for the train / validation / test images, drawn from ``rng`` (labels only:
-    the same draws on any copy of the data give the same images). Raises SplitError first."""
+    the same draws on any copy of the data give the same images). Raises SplitError first.
+    ``val_given``: the data brings its own validation images (an image folder's val/):
+    nothing is held out of the training images (``val`` is empty, ``val_fraction`` unused)."""
     present = np.unique(train_y)
-    check_split_sizes(len(train_y), limit_train, val_fraction, len(present))
+    if not val_given:
+        check_split_sizes(len(train_y), limit_train, val_fraction, len(present))
     test_classes = np.unique(test_y)
     if limit_test is not None and limit_test < min(len(test_classes), len(test_y)):
         raise SplitError(f"--limit-test {limit_test} cannot hold one image of each of the "
                          f"{len(test_classes)} classes; pass --limit-test {len(test_classes)} or more")
 
     subset, subset_y = limit(np.arange(len(train_y)), train_y, limit_train, rng)  # (n,) indices
+    if val_given:
+        return Splits(subset, np.zeros(0, dtype=np.int64), _test_subset(test_y, limit_test, test_classes, rng))
     counts = (subset_y[:, None] == present).sum(axis=0)  # (classes,) images per class
     if counts.min() < 2:
         flag = f"--limit-train {limit_train}" if limit_train is not None else "the training set"
@@ -102,11 +107,15 @@ def plan_splits(train_y: np.ndarray, test_y: np.ndarray, limit_train: int | None
                          "a stratified validation split needs 2 of each class"
                          + ("; pass a larger --limit-train" if limit_train is not None else ""))
     train, _, val, _ = stratified_split(subset, subset_y, val_fraction, rng)
+    return Splits(train, val, _test_subset(test_y, limit_test, test_classes, rng))
 
-    test = None
-    if limit_test is not None and limit_test < len(test_y):
-        test, kept_y = limit(np.arange(len(test_y)), test_y, limit_test, rng)
-        if len(np.unique(kept_y)) < len(test_classes):
-            raise SplitError(f"--limit-test {limit_test} leaves some class out of the test images; "
-                             "pass a larger --limit-test")
-    return Splits(train, val, test)
+
+def _test_subset(test_y, limit_test, test_classes, rng) -> np.ndarray | None:
+    """The --limit-test subset's indices (None: every test image)."""
+    if limit_test is None or limit_test >= len(test_y):
+        return None
+    test, kept_y = limit(np.arange(len(test_y)), test_y, limit_test, rng)
+    if len(np.unique(kept_y)) < len(test_classes):
+        raise SplitError(f"--limit-test {limit_test} leaves some class out of the test images; "
+                         "pass a larger --limit-test")
+    return test

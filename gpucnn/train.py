@@ -23,6 +23,7 @@ from .datasets import channel_stats
 from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
                           get_communicator, gradients_of, main_process_log, parameters_of, shard_range,
                           state_of, step_generator)
+from .image_stats import training_image_stats
 from .layers import Dropout, Normalize
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
@@ -200,7 +201,7 @@ def _to_device(model, data, name):
 
 def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, verbose=2,
         start_epoch=0, history=None, on_epoch_end=None, log=print, loss_fn=None, augment=None,
-        schedule=None, comm=None):
+        schedule=None, comm=None, on_batches=None):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
     initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
     after each epoch (None: no validation). Images are uint8 pixels 0..255 (as the
@@ -221,7 +222,9 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
     Returns the history: one dict per epoch (train_loss, train_acc, val_loss, val_acc,
     seconds, images_per_s; no val_* without ``val``). ``verbose``: 0 silent, 1 a progress
     bar on stderr when it is a terminal plus one line per epoch, 2 one line per epoch.
-    ``on_epoch_end(epoch, history)`` runs after each epoch (checkpointing). A NaN/inf loss
+    ``on_epoch_end(epoch, history)`` runs after each epoch (checkpointing);
+    ``on_batches(epoch, losses, sizes)`` after each epoch's training steps, with the host
+    per-batch losses (B,) and batch sizes (B,) (per-step logging). A NaN/inf loss
     raises NonFiniteLossError naming the epoch and batch, before ``on_epoch_end`` could
     save the bad weights.
 
@@ -260,6 +263,8 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
                 raise NonFiniteLossError(
                     f"the training loss became {losses[b]} at epoch {epoch}, batch {b + 1} of {len(losses)}; "
                     "training stopped (try a lower --lr); the last good checkpoint was not touched")
+            if on_batches is not None:
+                on_batches(epoch, losses, sizes)
             record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
                       "train_acc": correct / len(y)}
             if comm.size > 1 and state_of(model):  # BatchNorm statistics: rank 0's, as saved and evaluated
@@ -282,10 +287,16 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
 
 
 # -- the whole job ------------------------------------------------------------------------
-def load_dataset(config: TrainConfig) -> Dataset:
-    """The run's Dataset: a named set (from ``config.data_dir``, downloaded when allowed)
-    or the .npz file ``config.dataset`` names."""
-    return datasets.load(config.dataset, config.data_dir, download=config.download)
+def load_dataset(config: TrainConfig, log=print) -> Dataset:
+    """The run's Dataset: a named set (from ``config.data_dir``, downloaded when allowed),
+    the .npz file or the folder of images ``config.dataset`` names."""
+    if not config.image_folder:
+        return datasets.load(config.dataset, config.data_dir, download=config.download)
+    from .images import parse_image_size
+
+    return datasets.load(config.dataset, channels=config.channels, cache_dir=config.cache_dir,
+                         image_size=parse_image_size(config.image_size) if config.image_size else None,
+                         skip_bad_images=config.skip_bad_images, log=log)
 
 
 # -- distributed (gpucnn.distributed): the run's communicator, data on every machine ----------
@@ -306,14 +317,18 @@ def _communicator(config: TrainConfig, backend, comm, log):
     return comm, main_process_log(comm, log)
 
 
-def _load_dataset_once_per_machine(config: TrainConfig, comm):
-    """load_dataset(); with --download and several ranks, the first rank of each machine
-    loads (and downloads) first, the others read the files it wrote."""
-    if not (config.download and comm.size > 1):
-        return load_dataset(config)
-    data = load_dataset(config) if comm.local_rank == 0 else None
+def _load_dataset_once_per_machine(config: TrainConfig, comm, log=print):
+    """load_dataset(); with --download (or an image folder) and several ranks, the first
+    rank of each machine loads (and downloads, or decodes) first, the others read the
+    files (the cache) it wrote."""
+    def load():  # an image folder's loader logs what it decodes or reads from its cache
+        return load_dataset(config, log) if config.image_folder else load_dataset(config)
+
+    if not ((config.download or config.image_folder) and comm.size > 1):
+        return load()
+    data = load() if comm.local_rank == 0 else None
     comm.barrier()
-    return load_dataset(config) if data is None else data
+    return load() if data is None else data
 
 
 def build_run_model(config: TrainConfig, data: Dataset, train_x: np.ndarray, init_rng, data_rng) -> Sequential:
@@ -378,12 +393,14 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     if config.distributed:
         log(f"distributed: {comm.describe()}")
 
-    data = _load_dataset_once_per_machine(config, comm)
+    data = _load_dataset_once_per_machine(config, comm, log)
     init_rng, data_rng = np.random.default_rng(config.seed), data_generator(config.seed)
+    val_given = data.val_x is not None  # an image folder's val/: used as given, no --val-fraction split
     splits = plan_splits(data.train_y, data.test_y, config.limit_train, config.val_fraction,
-                         config.limit_test, data_rng)
+                         config.limit_test, data_rng, val_given=val_given)
     train_x, train_y = data.train_x[splits.train], data.train_y[splits.train]  # copies
-    val_x, val_y = data.train_x[splits.val], data.train_y[splits.val]
+    val_x, val_y = ((data.val_x, data.val_y) if val_given
+                    else (data.train_x[splits.val], data.train_y[splits.val]))
     test_x, test_y = ((data.test_x, data.test_y) if splits.test is None
                       else (data.test_x[splits.test], data.test_y[splits.test]))
     # from here on ``data`` holds the run's splits: the full training images go now, before
@@ -394,7 +411,8 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     log(f"data: {data.name or config.dataset}: {len(train_y)} train, {len(val_y)} validation, "
         f"{len(test_y)} test images of shape {data.input_shape}")
     about_data = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                  "class_names": list(data.class_names) if data.class_names else None}
+                  "class_names": list(data.class_names) if data.class_names else None,
+                  "image_stats": training_image_stats(train_x)}  # for predict's "unlike training" note
     model = build_run_model(config, data, train_x, init_rng, data_rng)
     del data  # the splits are held as train_x, val_x, test_x
 
@@ -431,31 +449,50 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))
     val_dev = (backend.asarray(val_x), backend.asarray(val_y))
     del train_x, val_x  # the device arrays (the same arrays on the CPU) are all that is kept
-    history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng,
-                                  start_epoch, history, log, run_meta, fit_options, comm)
+    tensorboard = None  # with --log-dir, on rank 0: event files, per-step values through fit's on_batches
+    if config.log_dir is not None and comm.is_main:
+        from .tensorboard import run_log
+        tensorboard = run_log(config.log_dir, schedule, start_epoch * steps_per_epoch, fit_options, log)
+    try:
+        history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng, start_epoch,
+                                      history, log, run_meta, fit_options, comm, tensorboard, steps_per_epoch)
+    except BaseException:
+        if tensorboard is not None:
+            tensorboard.close()
+        raise
     del train_dev, val_dev  # the held-out test runs without the training images (on the GPU too)
 
     test_loss, test_acc, predictions, matrix = held_out_report(model, test_x, test_y, about_data["num_classes"],
                                                                config.batch_size // comm.size, comm=comm)
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
-    log("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
+    log("confusion matrix (rows: true class, columns: predicted):\n"
+        + format_confusion(matrix, about_data["class_names"]))
+    if tensorboard is not None:
+        tensorboard.test(test_loss, test_acc, config.epochs * steps_per_epoch)
+        tensorboard.filters(model, config.epochs * steps_per_epoch)
+        tensorboard.close()
+    model.data_info = {k: about_data[k] for k in ("input_shape", "class_names", "image_stats")
+                       if about_data[k] is not None}  # saved by model.save, exported to ONNX
     return {"device": backend.name, "config": config.to_dict(), "history": history,
             "test_loss": test_loss, "test_acc": test_acc, "confusion_matrix": matrix.tolist(),
             "model": model, "test_labels": test_y, "predictions": predictions}
 
 
 def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log,
-                        run_meta, fit_options, comm=None):
+                        run_meta, fit_options, comm=None, tensorboard=None, steps_per_epoch=None):
     """fit(), saving every completed epoch to --checkpoint. Without --checkpoint the last
     completed epoch is kept in host memory and written to INTERRUPTED_CHECKPOINT on
     Ctrl-C. Either way a Ctrl-C raises TrainingInterrupted naming the file that holds the
     last completed epoch; a second Ctrl-C during a save leaves the previous file whole.
-    Distributed: only rank 0 saves (every rank holds the same weights)."""
+    Distributed: only rank 0 saves (every rank holds the same weights). ``tensorboard``:
+    a TensorBoardLog that gets each epoch's record (at step epoch * ``steps_per_epoch``)."""
     comm = SingleProcess() if comm is None else comm
     saved = {"epoch": start_epoch, "path": config.resume if start_epoch else None}
     pending = {"epoch": start_epoch, "arrays": None}  # without --checkpoint: the last epoch, in memory
 
     def on_epoch_end(epoch, hist):
+        if tensorboard is not None:
+            tensorboard.epoch(hist[-1], epoch * steps_per_epoch)
         if not comm.is_main:  # distributed: rank 0 writes the files (every rank holds the same weights)
             if config.checkpoint:
                 saved.update(epoch=epoch, path=config.checkpoint)

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
 from argtypes import positive_int  # noqa: E402
 from gpucnn.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
+from gpucnn.images import parse_image_size  # noqa: E402
 
 DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a training checkpoint (train.py --checkpoint) or a model file (Sequential.save)")
-    p.add_argument("--dataset", metavar="NAME|FILE.npz",
-                   help=f"the test images to use: {', '.join(DATASETS)} or a .npz file "
+    p.add_argument("--dataset", metavar="NAME|FILE.npz|FOLDER",
+                   help=f"the test images to use: {', '.join(DATASETS)}, a .npz file or a folder of images with "
+                        "one subfolder per class, read at the model's channels and image size "
                         "(default: the checkpoint's dataset; mnist for a model file)")
     p.add_argument("--data-dir", metavar="DIR",
                    help=f"folder of the dataset's files, only with --dataset {', '.join(FILE_DATASETS)} "
@@ -68,15 +70,32 @@ def choose_data(args, recorded: dict | None):
     return dataset, data_dir, limit_test, recorded if same else None, source
 
 
+def folder_options(dataset: str, info: dict, recorded: dict | None) -> dict:
+    """How a folder of images is read: as the training run read it (the same settings: its
+    cache is used), else at the model's channels and image size when it records them;
+    unreadable files are left out, saying how many."""
+    if dataset in DATASETS or not os.path.isdir(dataset):
+        return {}
+    if recorded is not None:
+        size = recorded.get("image_size")
+        return {"channels": recorded.get("channels"), "image_size": parse_image_size(size) if size else None,
+                "cache_dir": recorded.get("cache_dir"), "skip_bad_images": True, "log": print}
+    shape = info.get("input_shape")
+    return {"channels": shape[0] if shape else None, "image_size": tuple(shape[1:]) if shape else None,
+            "skip_bad_images": True, "log": print}
+
+
 def check_dataset_flags(p, args, dataset: str) -> None:
     """Exit 2 unless ``dataset`` is a name or an existing .npz file, and --data-dir /
     --download are given only for a dataset read from a data folder."""
-    if dataset.lower().endswith(".npz"):
+    if dataset in DATASETS or os.path.isdir(dataset):
+        pass
+    elif dataset.lower().endswith(".npz"):
         if not os.path.isfile(dataset):
             p.error(f"argument --dataset: {dataset}: no such file")
-    elif dataset not in DATASETS:
-        p.error(f"argument --dataset: expected one of {', '.join(DATASETS)} or the path of a .npz file, "
-                f"got {dataset!r}")
+    else:
+        p.error(f"argument --dataset: expected one of {', '.join(DATASETS)}, the path of a .npz file or of a "
+                f"folder of images, got {dataset!r}")
     for flag, given in (("--data-dir", args.data_dir is not None), ("--download", args.download)):
         if given and dataset not in FILE_DATASETS:
             p.error(f"argument {flag}: only used with --dataset {', '.join(FILE_DATASETS)}, "
@@ -97,22 +116,24 @@ def main(argv=None):
 
     from gpucnn import datasets
     from gpucnn.backend import get_backend
+    from gpucnn.checkpoint import read_data_info
     from gpucnn.data import check_labels
     from gpucnn.report import format_confusion
     from gpucnn.splits import SplitError, data_generator, plan_splits
     from gpucnn.train import EVAL_BATCH_SIZE, held_out_report
 
+    info = read_data_info(args.model)  # input shape, class names
     try:
-        data = datasets.load(dataset, data_dir, download=args.download)
+        data = datasets.load(dataset, data_dir, download=args.download, **folder_options(dataset, info, recorded))
         check_labels(data.test_y, data.num_classes, "test")
-    except datasets.DataError as exc:
+    except (datasets.DataError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # the same draws as the training run: its test subset, whatever else it limited
     settings = recorded or {"seed": 0, "limit_train": None, "val_fraction": 0.1}
     try:
         test = plan_splits(data.train_y, data.test_y, settings["limit_train"], settings["val_fraction"],
-                           limit_test, data_generator(settings["seed"])).test
+                           limit_test, data_generator(settings["seed"]), val_given=data.val_x is not None).test
     except SplitError as exc:
         p.error(str(exc))
     test_x, test_y = (data.test_x, data.test_y) if test is None else (data.test_x[test], data.test_y[test])
@@ -134,7 +155,8 @@ def main(argv=None):
     batch_size = args.batch_size or (meta and meta["config"].get("batch_size")) or EVAL_BATCH_SIZE
     loss, acc, _, matrix = held_out_report(model, test_x, test_y, data.num_classes, batch_size)
     print(f"test: loss {loss:.4f}  accuracy {acc:.2%} on {len(test_y)} images")
-    print("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix))
+    names = info.get("class_names") or data.class_names
+    print("confusion matrix (rows: true class, columns: predicted):\n" + format_confusion(matrix, names))
     return 0
 
 

@@ -4,9 +4,11 @@
     python scripts/export.py runs/simple.npz runs/simple.onnx
     python scripts/export.py model.npz model.onnx --input-shape 1 28 28 --check
 
-A checkpoint records its images' shape (C, H, W); a model file whose first layer does
-not fix it (a Conv2D knows C, not H and W) needs --input-shape C H W. A run's input
-normalisation is the model's first layer, so the ONNX file takes raw images too.
+A checkpoint (and a model file saved from a trained model) records its images' shape
+(C, H, W); a model file whose first layer does not fix it (a Conv2D knows C, not H and W)
+needs --input-shape C H W. A run's input normalisation is the model's first layer, so
+the ONNX file takes raw images too. The class names and training-image statistics the
+model keeps go into the file's metadata, for scripts/predict.py.
 """
 from __future__ import annotations
 
@@ -20,16 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
 from argtypes import positive_int  # noqa: E402
 
+ONNXRUNTIME_MISSING = "--check needs onnxruntime: pip install 'gpucnn[onnx]'"
+
 
 def check_against_onnxruntime(model, path, input_shape, batch: int = 8) -> float:
     """Run the exported file once in ONNX Runtime and gpucnn on the same random batch;
     returns the largest absolute difference of the logits."""
     import numpy as np
+    import onnxruntime
 
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(f"--check needs onnxruntime ({exc}); install it with: pip install onnxruntime") from exc
     x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(["logits"], {"images": x})[0]
@@ -50,13 +51,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not Path(args.model).is_file():
         p.error(f"argument model: no file at {args.model}")
+    if args.check:
+        try:
+            import onnxruntime  # noqa: F401  (checked before anything is written)
+        except ImportError:
+            print(f"error: {ONNXRUNTIME_MISSING}", file=sys.stderr)
+            return 1
 
-    from gpucnn.checkpoint import CheckpointError, read_model, rebuild
+    from gpucnn.checkpoint import CheckpointError, read_data_info, read_model, rebuild
     from gpucnn.export import to_onnx
 
     try:
         architecture, params, meta = read_model(args.model)
         model = rebuild(architecture, params, args.model)
+        model.data_info = read_data_info(args.model)  # class names, image statistics: into the metadata
     except CheckpointError as exc:
         print(f"error: cannot read {args.model} as a gpucnn checkpoint or model file ({exc})", file=sys.stderr)
         return 1
@@ -71,11 +79,7 @@ def main(argv=None):
     print(f"wrote {args.output}: {len(model.layers)} layers as {len(proto.graph.node)} ONNX nodes, "
           f"opset {args.opset}, input images ({', '.join(map(str, shape))})")
     if args.check:
-        try:
-            difference = check_against_onnxruntime(model, args.output, shape[1:])
-        except ImportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        difference = check_against_onnxruntime(model, args.output, shape[1:])
         print(f"check: ONNX Runtime vs gpucnn on 8 random inputs: largest logit difference {difference:.3g}")
     return 0
 

@@ -63,10 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default=DEFAULTS.device,
                    help="auto: the GPU when usable; gpu without one falls back to the CPU with a warning")
     # data
-    p.add_argument("--dataset", default=DEFAULTS.dataset, metavar="NAME|FILE.npz",
+    p.add_argument("--dataset", default=DEFAULTS.dataset, metavar="NAME|FILE.npz|FOLDER",
                    help=f"{', '.join(FILE_DATASETS)}: files in --data-dir; digits: scikit-learn's bundled "
-                        "8x8 digits, no files; or your own .npz file holding x_train, y_train, x_test, y_test "
-                        "(images (N, H, W[, C]), uint8 or float in [0, 1])")
+                        "8x8 digits, no files; your own .npz file holding x_train, y_train, x_test, y_test "
+                        "(images (N, H, W[, C]), uint8 or float in [0, 1], optionally class_names); or a folder "
+                        "of images with one subfolder per class (.png .jpg .jpeg .bmp .gif .webp; train/ and "
+                        "test/ [and val/] subfolders are used as given, else 20%% of each class is held out "
+                        "for testing); needs Pillow: pip install 'gpucnn[images]'")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="--dataset FOLDER: read the images as grayscale (1) or RGB (3) (default: 1 when every "
+                        "image is grayscale, else 3)")
+    p.add_argument("--image-size", metavar="HxW",
+                   help="--dataset FOLDER: resize every image to H x W pixels (default: the most common size)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="--dataset FOLDER: where the decoded images are cached, keyed by the files' names, "
+                        "sizes and times and the decoding settings (default: $XDG_CACHE_HOME/gpucnn/images "
+                        "or ~/.cache/gpucnn/images)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="--dataset FOLDER: leave out files that cannot be decoded, saying how many "
+                        "(without it they are listed and nothing trains)")
     p.add_argument("--data-dir", metavar="DIR",
                    help=f"folder of the dataset's files, only with --dataset {', '.join(FILE_DATASETS)} "
                         f"(default: {DATA_ROOT}/<dataset>)")
@@ -120,10 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     # files
     p.add_argument("--checkpoint", metavar="PATH",
                    help="save weights, optimizer, schedule and RNG state after every epoch (atomically)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a --checkpoint file")
+    p.add_argument("--resume", metavar="PATH",
+                   help="continue the run of a --checkpoint file: its data, model and optimizer settings are "
+                        "used (--resume PATH --epochs N is enough); a flag given that contradicts them is refused")
     p.add_argument("--metrics-json", metavar="PATH", help="write history and test metrics as JSON")
     p.add_argument("--plot", metavar="PATH",
                    help="write a figure (.png, .pdf, .svg, ...): curves, confusion matrix, first-layer kernels")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write TensorBoard event files while training (tensorboard --logdir DIR): per step the "
+                        "training loss and learning rate, per epoch losses and accuracies, at the end the "
+                        "first layer's filters; needs pip install 'gpucnn[tensorboard]'")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEFAULTS.verbose,
                    help="0: only the final test accuracy, 1: progress bars on a terminal, "
                         "2: one line per epoch")
@@ -135,20 +156,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NOT_CONFIG = ("metrics_json", "plot")  # flags of this script, not of the run
+
+
 def config_from(args) -> TrainConfig:
-    fields = {k: v for k, v in vars(args).items() if k not in ("metrics_json", "plot")}
+    fields = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     fields["momentum"] = DEFAULTS.momentum if args.momentum is None else args.momentum
     if args.data_dir is None and args.dataset in FILE_DATASETS:
         fields["data_dir"] = str(DATA_ROOT / args.dataset)  # the checkout's data, from any working folder
     return TrainConfig(**fields)
 
 
-def check_args(p, args) -> TrainConfig:
-    """Everything that can be checked without loading data; exits with 2 on the first problem."""
+def given_flags(argv) -> set:
+    """The destinations of the flags given on the command line ``argv`` (None: sys.argv),
+    whatever their value: a parser whose every default is "absent" parses it again."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def resumed_config(p, args, given: set) -> TrainConfig:
+    """The config that continues --resume's run: its settings, this run's given flags on top;
+    exits with 2 listing every given flag that contradicts it."""
+    from gpucnn.checkpoint import CheckpointError, load_checkpoint
+    from gpucnn.config import FlagError, resume_config
+    try:
+        meta = load_checkpoint(args.resume)["meta"]
+        asked = {dest: getattr(args, dest) for dest in given if dest not in NOT_CONFIG}
+        if asked.get("dataset") in FILE_DATASETS and "data_dir" not in asked:
+            asked["data_dir"] = str(DATA_ROOT / asked["dataset"])
+        return resume_config(meta, {**asked, "resume": args.resume})
+    except (CheckpointError, FlagError) as exc:
+        p.error(f"argument --resume: {exc}")
+
+
+def check_args(p, args, given: set | None = None) -> TrainConfig:
+    """Everything that can be checked without loading data; exits with 2 on the first problem.
+    ``given``: the flags on the command line (with --resume the others come from the checkpoint)."""
+    config = resumed_config(p, args, given if given is not None else set(vars(args))) if args.resume else None
+    optimizer = config.optimizer if config is not None else args.optimizer
     # nothing the user gives is silently ignored
-    if args.momentum is not None and args.optimizer not in ("momentum", "nesterov"):
+    if args.momentum is not None and optimizer not in ("momentum", "nesterov"):
         p.error(f"argument --momentum: only used with --optimizer momentum or nesterov, "
-                f"got --optimizer {args.optimizer}")
+                f"got --optimizer {optimizer}")
     if args.distributed:
         from importlib.util import find_spec
         from gpucnn.distributed import MPI_MISSING
@@ -158,14 +209,14 @@ def check_args(p, args) -> TrainConfig:
     if launched > 1 and not args.distributed and launch_rank == 0:
         warnings.warn(f"mpiexec started {launched} processes but --distributed is not given: each trains "
                       "alone on all the data (and they write the same files); add --distributed")
-    config = config_from(args)
+    config = config_from(args) if config is None else config
     try:
         config.validate()  # also probes the --checkpoint folder
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         p.error(f"argument {exc}")
 
     from gpucnn.checkpoint import check_output_path
-    outputs = {"--checkpoint": args.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
+    outputs = {"--checkpoint": config.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
     for flag in ("--metrics-json", "--plot"):
         if outputs[flag] is None:
             continue
@@ -341,15 +392,15 @@ def cli(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return train(parser, args)
+        return train(parser, args, given_flags(argv))
     except KeyboardInterrupt:  # outside training: loading data, building, testing, writing
         tell_user("interrupted" + (f"; the last completed epoch is in {args.checkpoint}"
                                    if args.checkpoint and os.path.exists(args.checkpoint) else ""))
         return 130
 
 
-def train(parser, args) -> int:
-    config = check_args(parser, args)
+def train(parser, args, given: set | None = None) -> int:
+    config = check_args(parser, args, given)
     from gpucnn.checkpoint import CheckpointError
     from gpucnn.data import DataError
     from gpucnn.splits import SplitError

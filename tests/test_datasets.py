@@ -467,7 +467,7 @@ def test_load_names_and_refusals(tmp_path):
     digits = datasets.load("digits")
     assert digits.name == "digits" and digits.train_x.shape[1:] == (1, 8, 8)
     with pytest.raises(ValueError, match=r"unknown dataset 'cifar100': expected one of mnist, fashion-mnist, cifar10, "
-                                         r"digits, or the path of a .npz file"):
+                                         r"digits, the path of a .npz file .*, or a folder of images"):
         datasets.load("cifar100")
     with pytest.raises(ValueError, match=r"data_dir='x' is not used by digits"):
         datasets.load("digits", data_dir="x")

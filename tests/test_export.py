@@ -338,4 +338,5 @@ def test_script_refuses_a_model_file_without_input_shape_and_a_missing_onnxrunti
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert script.main([str(model_file), str(tmp_path / "b.onnx"), "--input-shape", "1", "28", "28", "--check"]) == 1
-    assert "pip install onnxruntime" in capsys.readouterr().err
+    assert "--check needs onnxruntime: pip install 'gpucnn[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "b.onnx").exists()  # checked before anything is written

@@ -69,7 +69,8 @@ def write_npz(path, channels=1, size=12, classes=3, n_train=150, n_test=45, test
                            "of a .json architecture file, got 'resnet'"),
     (["--arch", "no/such/net.json"], "argument --arch no/such/net.json: no such file"),
     (["--dataset", "imagenet"], "argument --dataset expected one of mnist, fashion-mnist, cifar10, digits, "
-                                "or the path of a .npz file, got 'imagenet'"),
+                                "the path of a .npz file or of a folder of images with one subfolder per "
+                                "class, got 'imagenet'"),
     (["--dataset", "no/such/data.npz"], "argument --dataset no/such/data.npz: no such file"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--optimizer", "adamw", "--momentum", "0.5"],
@@ -300,8 +301,9 @@ def test_a_fixed_length_schedule_cannot_be_resumed_past_its_epochs(tmp_path, cap
     assert error_lines(err) == [f"train.py: error: argument --resume: --epochs 2: the cosine schedule of {ckpt} "
                                 "was planned for 1 epoch and its length is fixed; resume with --epochs 1, "
                                 "or start a new run to train longer"]
-    status, _, err = main(train_cli, ["--dataset", "digits", "--epochs", "2", "--resume", ckpt], capsys)
-    assert status == 2 and "trained with --schedule 'cosine', this run asks for 'constant'" in err
+    status, _, err = main(train_cli, ["--dataset", "digits", "--schedule", "constant", "--epochs", "2",
+                                      "--resume", ckpt], capsys)
+    assert status == 2 and "--schedule constant (the checkpoint: --schedule cosine)" in err
 
 
 def test_augmentation_changes_the_batches_reproducibly():

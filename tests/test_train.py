@@ -73,7 +73,7 @@ def test_two_epochs_equal_one_epoch_plus_resume(tmp_path):
 def test_resume_refuses_another_architecture(tmp_path):
     ckpt = tmp_path / "ckpt.npz"
     run(TrainConfig(dataset="digits", epochs=1, checkpoint=str(ckpt), verbose=0), log=quiet)
-    with pytest.raises(ValueError, match=r"trained with --arch 'simple', this run asks for 'lenet'"):
+    with pytest.raises(ValueError, match=r"--arch lenet \(the checkpoint: --arch simple\)"):
         run(TrainConfig(dataset="digits", arch="lenet", epochs=2, resume=str(ckpt), verbose=0), log=quiet)
 
 

@@ -28,6 +28,8 @@ class Dataset:
 
     ``class_names`` is a tuple of num_classes strings when the source names its classes,
     else None; ``name`` says where the data came from ("mnist", "cifar10", a file's stem).
+    ``val_x`` / ``val_y``: validation images the source sets apart itself (an image
+    folder's ``val/``), else None: a run then holds out --val-fraction of the training images.
     """
 
     train_x: np.ndarray
@@ -37,6 +39,8 @@ class Dataset:
     num_classes: int = 10
     class_names: tuple | None = None
     name: str = ""
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple:
