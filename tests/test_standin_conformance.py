@@ -214,13 +214,17 @@ def test_out_of_range_integer_indices_wrap_around_silently(sb):
     np.testing.assert_array_equal(sb.to_numpy(x[idx]), [20, 20, 0])  # ...CuPy wraps around
 
 
-def test_out_of_range_device_labels_give_a_wrong_loss_silently(sb):
+def test_out_of_range_device_labels_give_a_wrong_loss_silently():
     """Why labels are validated on the host before upload (gpucnn.data.check_labels):
-    on a GPU a label 10 for 10 classes silently scores class 0."""
+    on a GPU CuPy's generic gather scores a label 10 for 10 classes as class 0, silently;
+    the fused loss kernel ("softmax_ce" group) makes that row's loss NaN instead."""
     logits = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
-    bad = SoftmaxCrossEntropy().forward(sb.asarray(logits), sb.asarray(np.array([1, 2, 3, 10])))
+    labels = np.array([1, 2, 3, 10])
+    generic, fused = standin_backend(kernels="none"), standin_backend(kernels="softmax_ce")
+    bad = SoftmaxCrossEntropy().forward(generic.asarray(logits), generic.asarray(labels))
     wrapped = SoftmaxCrossEntropy().forward(logits, np.array([1, 2, 3, 0]))
     assert float(bad) == pytest.approx(float(wrapped), rel=1e-6)
+    assert np.isnan(float(SoftmaxCrossEntropy().forward(fused.asarray(logits), fused.asarray(labels))))
     with pytest.raises(ValueError, match=r"labels in \[0, 10\)"):
         SoftmaxCrossEntropy().forward(logits, np.array([1, 2, 3, 10]))  # on the host: refused
 

@@ -14,7 +14,7 @@ from gpucnn.data import DataError, Dataset, load_digits
 from gpucnn.train import TrainConfig, build_model, fit, held_out_report, run
 from gpucnn.layers import Dropout
 from gpucnn.zoo import ARCHS
-from standin import expect_findings, standin_backend
+from standin import expect_findings, optimizer_table_uploads, standin_backend
 from standin.plant import plant
 from test_backends import OPTIMIZERS
 
@@ -44,6 +44,7 @@ def epoch_counts(verbose: int, batch_size: int, epochs: int = 2):
     history = fit(model, opt, train_set, val_set, epochs=epochs, batch_size=batch_size, rng=rng,
                   verbose=verbose, log=quiet)
     counts = {k: backend.xp.counts[k] / epochs for k in ("to_device", "to_host", "syncs")}
+    counts["to_device"] -= optimizer_table_uploads(backend) / epochs  # once per run, not per epoch
     sites = {site: n / epochs for site, n in backend.xp.sites.items()}
     return counts, sites, max(h["seconds"] for h in history)
 
@@ -94,6 +95,7 @@ def test_a_uint8_epoch_on_the_standin_converts_each_batch_on_the_device():
         histories.append(fit(model, OPTIMIZERS["adam"](model), train_set, val_set, epochs=2, batch_size=batch_size,
                              rng=np.random.default_rng(1), verbose=0, log=quiet))
         per_epoch[batch_size] = {k: v / 2 for k, v in backend.xp.transfers.items()}
+        per_epoch[batch_size]["to_device"] -= optimizer_table_uploads(backend) / 2  # once per run
     assert per_epoch[8] == per_epoch[128] and per_epoch[8]["to_device"] <= 1, per_epoch
     model = build_model("simple", data.input_shape, 10, np.random.default_rng(0))
     on_numpy = fit(model, OPTIMIZERS["adam"](model), (as_floats, labels), (as_floats[:200], labels[:200]), epochs=2,
@@ -118,11 +120,12 @@ def test_every_optimizer_and_arch_trains_on_the_standin_as_on_numpy(arch, optimi
                              verbose=0, log=quiet))
     # the stand-in keeps CuPy's layouts, so BLAS sums in another order: float32 rounding that
     # Adam's per-weight scaling and BatchNorm amplify in the wide nets (measured: up to 5e-4)
-    # (and so one validation image of 200 may flip class)
+    # (and so a validation image of 200 may flip class; two with the fused kernels, whose
+    # BatchNorm statistics sum in double and whose convolutions order their columns otherwise)
     wide = arch in ("lenet-bn", "cifar-small")
     for host, dev in zip(*histories):
         for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
-            tolerance = dict(rel=2e-3, abs=0.006 if key.endswith("acc") else 1e-6) if wide else dict(rel=1e-4, abs=1e-6)
+            tolerance = dict(rel=2e-3, abs=0.011 if key.endswith("acc") else 1e-6) if wide else dict(rel=1e-4, abs=1e-6)
             assert dev[key] == pytest.approx(host[key], **tolerance), key
 
 

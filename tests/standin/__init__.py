@@ -55,7 +55,7 @@ from .kernels import run_kernel
 
 __all__ = ["FINDINGS", "CupyAttributeError", "CupyConformanceError", "DeviceDisciplineError",
            "Finding", "NotModeledError", "StandInArray", "StandInDevice", "expect_findings",
-           "standin_backend"]
+           "optimizer_table_uploads", "standin_backend"]
 
 
 def standin_backend(kernels=None) -> Backend:
@@ -70,6 +70,13 @@ def standin_backend(kernels=None) -> Backend:
     groups = gpucnn_kernels.select(device, kernels)
     return Backend("gpu", device, to_device=device.asarray, to_host=device.asnumpy,
                    synchronize=device.synchronize, kernels=groups)
+
+
+def optimizer_table_uploads(backend) -> int:
+    """Host->device copies an optimizer makes once, at its first step, on ``backend``: the
+    fused multi-tensor update ("optimizer" kernel group) uploads its table of parameter and
+    state addresses then (and again only when they move). 0 without that group."""
+    return 1 if gpucnn_kernels.active("optimizer", backend.xp) else 0
 
 
 @contextlib.contextmanager
