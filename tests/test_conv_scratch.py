@@ -1,7 +1,8 @@
 """Conv2D's large im2col columns on the fused GPU path go to one buffer per device
 (gpucnn/layers/scratch.py) and are rebuilt in backward from the kept input: the same
-numbers as the private-columns path and as NumPy, and one buffer for every layer.
-Device: the CuPy stand-in (a real GPU under .ci/gpu)."""
+numbers as the private-columns path and as NumPy (inputs and weights are multiples of
+1/4, so every sum is exact on every device), and one buffer for every layer.
+Device: the CuPy stand-in, and a real GPU where present."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,11 @@ from standin import standin_backend
 
 def two_convs(seed):
     r = np.random.default_rng(seed)
-    return Sequential([Conv2D(2, 4, 3, padding=1, rng=r), ReLU(), MaxPool2D(2),
-                       Conv2D(4, 3, (3, 2), stride=1, padding=((1, 0), (0, 1)), rng=r)])
+    model = Sequential([Conv2D(2, 4, 3, padding=1, rng=r), ReLU(), MaxPool2D(2),
+                        Conv2D(4, 3, (3, 2), stride=1, padding=((1, 0), (0, 1)), rng=r)])
+    for layer in (model.layers[0], model.layers[3]):  # multiples of 1/4: exact sums in any order
+        layer.params = {k: (np.round(v * 4) / 4).astype(np.float32) for k, v in layer.params.items()}
+    return model
 
 
 def run(model, backend, x, dy):
@@ -29,12 +33,12 @@ def run(model, backend, x, dy):
 
 
 @pytest.mark.parametrize("threshold", [0, 2 ** 40])  # every layer shared / every layer private
-def test_shared_columns_give_the_numbers_of_private_ones_and_of_numpy(monkeypatch, threshold):
+def test_shared_columns_give_the_numbers_of_private_ones_and_of_numpy(monkeypatch, threshold, kernel_backend):
     monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)
     data = np.random.default_rng(0)
     x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)  # exact sums on every side
     dy = (data.integers(-4, 5, (3, 3, 3, 4)) / 4).astype(np.float32)
-    dev = run(two_convs(1), standin_backend(kernels="im2col"), x, dy)
+    dev = run(two_convs(1), kernel_backend, x, dy)
     host = run(two_convs(1), get_backend("cpu"), x, dy)
     np.testing.assert_array_equal(dev[0], host[0])
     np.testing.assert_array_equal(dev[1], host[1])
