@@ -23,7 +23,7 @@ from mpirun import PROGRAMS, REPO, mpiexec, run_job, start_job, wait_job
 TRAIN = REPO / "scripts" / "train.py"
 # 1293 training digits in global batches of 16: 81 steps per epoch, the last one of 13
 # images split 7 / 6 between the ranks
-DIGITS = dict(dataset="digits", batch_size=16, seed=2)
+DIGITS = dict(dataset="digits", batch_size=16, seed=2, device="cpu")  # CPU ranks over MPI (NCCL: test_distributed.py)
 EPOCHS = 3  # 243 optimizer steps
 
 
