@@ -55,7 +55,7 @@ class ConvPool:
     ``conv.backward(pool.backward(dy))`` give (the weight gradient to rounding: it adds the
     same products in another order); through the blocked layout when the pool's windows
     tile the convolution's output, else exactly those calls. ``call(layer, method, *args)``
-    runs each layer's part (scripts/profile_step.py passes one that times it).
+    runs each layer's part (scripts/benchmarking/profile_step.py passes one that times it).
     """
 
     def __init__(self, conv: Conv2D, pool: MaxPool2D):

@@ -53,7 +53,7 @@ def share_cpus_with(processes: int) -> None:
     thread count (no set_num_threads, no OMP_NUM_THREADS) becomes their share of them, and
     so does BLAS's, unless the user chose it (BLAS_THREAD_VARIABLES). Left alone, every rank's
     BLAS starts a thread per core: 2 ranks on the 2-core development VM trained 2-29x slower
-    than with one BLAS thread each (README, Distributed training).
+    than with one BLAS thread each (docs/distributed.md).
     gpucnn.distributed.get_communicator calls it with the ranks on the machine whose CPU
     sets overlap this one's (a launcher that binds each rank to its own cores leaves 1)."""
     global _processes_sharing_cpus

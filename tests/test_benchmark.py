@@ -18,11 +18,11 @@ from gpucnn.zoo import ARCHS, build_model
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-import measure  # noqa: E402
-from gemm_floor import GemmFloorCase  # noqa: E402
-from profile_step import gemm_flops_per_image, profile_step  # noqa: E402
-from scaling import scaling_points  # noqa: E402
-from torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
+from benchmarking import measure  # noqa: E402
+from benchmarking.gemm_floor import GemmFloorCase  # noqa: E402
+from benchmarking.profile_step import gemm_flops_per_image, profile_step  # noqa: E402
+from benchmarking.scaling import scaling_points  # noqa: E402
+from benchmarking.torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
 
 INPUTS = {"simple": (1, 28, 28), "lenet": (1, 28, 28), "lenet-bn": (3, 32, 32), "cifar-small": (3, 32, 32),
           "conv-bn": (3, 32, 32), "vgg": (3, 32, 32)}
@@ -83,7 +83,7 @@ def test_benchmark_profile_lists_every_layer_the_loss_and_the_optimizer(tmp_path
     stdout = run_benchmark("--profile", "--archs", "lenet", "--batch-sizes", "4", "--steps", "2",
                            "--warmup", "1", "--threads", "1", "--cpu-time", "--json", str(out))
     assert "| part | ms per step | share | page faults |" in stdout
-    assert "matrix multiplies alone (scripts/gemm_floor.py):" in stdout
+    assert "matrix multiplies alone (scripts/benchmarking/gemm_floor.py):" in stdout
     assert json.loads(out.read_text())["profiles"][0]["gemm_floor_ms"] > 0
     parts = json.loads(out.read_text())["profiles"][0]["parts"]
     names = [p["part"] for p in parts]

@@ -1,4 +1,4 @@
-"""The GPU side of scripts/benchmark.py (scripts/gpu_bench*.py), exercised without a GPU:
+"""The GPU side of scripts/benchmark.py (scripts/benchmarking/gpu_bench.py, rows.py), exercised without a GPU:
 GPU rows are built on the CuPy stand-in (a GPU-like backend named "gpu"), so a row beside
 a torch without CUDA, the peak each row is a share of, the memory keys, the host-cost
 loop, --kernels and --gpu-targets run here; on a GPU machine the same tests also run the
@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import benchmark  # noqa: E402
-import gpu_bench  # noqa: E402
-import gpu_bench_rows  # noqa: E402
-from gpu_bench_nets import BENCH_NETS, build_model  # noqa: E402
-from measure import SgemmPeak  # noqa: E402
-from torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
+from benchmarking import gpu_bench  # noqa: E402
+from benchmarking import rows as bench_rows  # noqa: E402
+from benchmarking.measure import SgemmPeak  # noqa: E402
+from benchmarking.networks import BENCH_NETS, build_model  # noqa: E402
+from benchmarking.torch_twin import check_same_network, copy_weights, torch_twin  # noqa: E402
 
 NO_CUDA_TORCH = SimpleNamespace(__version__="2.x+cpu", version=SimpleNamespace(cuda=None),
                                 cuda=SimpleNamespace(is_available=lambda: False))
@@ -40,7 +40,7 @@ def gpu_like_row(torch_module, arch="simple", batch=2):
     cpu_peak = SgemmPeak()
     cpu_peak.measure(1)
     peaks = {"cpu": cpu_peak, "gpu": 50e12}
-    row = gpu_bench_rows.run_case(arch, batch, benchmark.INPUT_SHAPES[arch], standin_backend(kernels="none"),
+    row = bench_rows.run_case(arch, batch, benchmark.INPUT_SHAPES[arch], standin_backend(kernels="none"),
                                   torch_module, args, time.perf_counter, peaks)
     return row, peaks
 
@@ -53,7 +53,7 @@ def test_a_gpu_row_beside_torch_without_cuda_has_null_ratios_and_the_memory_keys
     assert row["torch_device"] is None and "no usable CUDA" in row["torch_note"]
     assert {"peak_mib", "torch_peak_mib", "torch_reserved_mib"} <= set(row)  # None: the stand-in has no pool
     assert row["peak_fraction"] == pytest.approx(row["train_flops_per_image"] * row["train_img_s"] / 50e12)
-    assert "no PyTorch twin" in gpu_bench_rows.format_row(row)
+    assert "no PyTorch twin" in bench_rows.format_row(row)
     assert "| simple | 1x28x28 | 2 | none |" in gpu_bench.gpu_table([row])
     json.dumps(row)  # the JSON holds the keys, with null
 
@@ -74,8 +74,8 @@ def test_the_percent_column_divides_by_the_peak_of_the_rows_device():
     assert gpu_bench.peak_for("gpu", cpu_flops=1e11, gpu_flops=None) is None  # never the CPU's
     peaks = {"cpu": SimpleNamespace(flops=1e11), "gpu": 5e13}
     row = {"device": "gpu", "train_flops_per_image": 1e6, "train_img_s": 1e4}
-    assert gpu_bench_rows.peak_fraction(row, peaks) == pytest.approx(1e10 / 5e13)
-    assert gpu_bench_rows.peak_fraction(dict(row, device="cpu"), peaks) == pytest.approx(0.1)
+    assert bench_rows.peak_fraction(row, peaks) == pytest.approx(1e10 / 5e13)
+    assert bench_rows.peak_fraction(dict(row, device="cpu"), peaks) == pytest.approx(0.1)
 
 
 def test_kernels_option_takes_one_or_more_selections():
@@ -144,9 +144,9 @@ def test_gpu_sgemm_peak_is_the_best_of_its_timings():
 def test_memory_high_water_marks_of_a_cuda_twin_are_read_from_torch_cuda():
     fake = SimpleNamespace(cuda=SimpleNamespace(max_memory_allocated=lambda: 3 * 2**20,
                                                 max_memory_reserved=lambda: 4 * 2**20))
-    memory = gpu_bench_rows.case_memory({"torch": SimpleNamespace(device="cuda")}, standin_backend(), fake, steps=1)
+    memory = bench_rows.case_memory({"torch": SimpleNamespace(device="cuda")}, standin_backend(), fake, steps=1)
     assert memory == {"peak_mib": None, "torch_peak_mib": 3.0, "torch_reserved_mib": 4.0}
-    memory = gpu_bench_rows.case_memory({}, standin_backend(), fake, steps=1)
+    memory = bench_rows.case_memory({}, standin_backend(), fake, steps=1)
     assert memory["torch_peak_mib"] is None and memory["torch_reserved_mib"] is None
 
 

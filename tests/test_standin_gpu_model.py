@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-import gpu_model  # noqa: E402
+from benchmarking import gpu_model  # noqa: E402
 
 
 def test_benchmark_gpu_model_prints_the_labelled_table(tmp_path):
@@ -68,7 +68,7 @@ def test_launch_us_is_taken_from_the_command_line(tmp_path):
 
 
 def test_the_benchmark_networks_are_counted_too():
-    """conv-bn (scripts/gpu_bench_nets.py) on the stand-in: three conv layers and a dense one."""
+    """conv-bn (scripts/benchmarking/networks.py) on the stand-in: three conv layers and a dense one."""
     work = gpu_model.count_step("conv-bn", 2, (3, 32, 32), optimizer="momentum")
     assert work.by_kind["gemm"] >= 3 * 3 - 1 + 3  # conv forward, dW, dx (not the first) + dense's three
     assert work.launches > gpu_model.count_step("conv-bn", 2, (3, 32, 32), mode="eval").launches > 0

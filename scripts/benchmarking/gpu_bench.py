@@ -15,7 +15,7 @@
   built: the bytes of live tensors, not the caching allocator's reserve, which is
   recorded too).
 * The host cost of one CuPy call (:func:`host_costs`): the wall time of a loop of calls
-  that never synchronises inside, over the count; what scripts/gpu_model.py takes as
+  that never synchronises inside, over the count; what gpu_model.py takes as
   ``--launch-us``.
 * The preset ``--gpu-targets`` (:data:`TARGET_CASES`): issue 21's eight cases, each with
   the training ratio (gpucnn img/s / PyTorch img/s) it should reach.
@@ -171,7 +171,7 @@ def host_costs(backend, calls: int = 2000) -> list[dict]:
 
 
 def cupy_call_us(rows) -> float:
-    """The median host cost of the CuPy calls (not the RawKernel): scripts/gpu_model.py's --launch-us."""
+    """The median host cost of the CuPy calls (not the RawKernel): gpu_model.py's --launch-us."""
     return float(np.median([r["host_us"] for r in rows if not r["call"].startswith("RawKernel")]))
 
 

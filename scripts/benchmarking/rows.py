@@ -1,7 +1,7 @@
 """The benchmark's cases and rows, on either device: gpucnn's case, its PyTorch twin and
-the matrix multiplies alone (scripts/gemm_floor.py), timed into one row per network, batch
+the matrix multiplies alone (gemm_floor.py), timed into one row per network, batch
 and backend (:func:`run_case`), and the row's printed forms. scripts/benchmark.py runs
-them; scripts/gpu_bench.py holds what only a GPU row needs."""
+them; gpu_bench.py holds what only a GPU row needs."""
 from __future__ import annotations
 
 import time
@@ -10,13 +10,13 @@ import numpy as np
 
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
-from gemm_floor import GemmFloorCase
-from gpu_bench import (device_peak_mib, free_device_memory, peak_for, torch_device_for, torch_peak_mib,
+from .gemm_floor import GemmFloorCase
+from .gpu_bench import (device_peak_mib, free_device_memory, peak_for, torch_device_for, torch_peak_mib,
                        torch_reset_peak)
-from gpu_bench_nets import build_model
-from measure import SETTLE_SECONDS, measure, peak_memory
-from profile_step import gemm_flops_per_image
-from torch_twin import TorchCase
+from .measure import SETTLE_SECONDS, measure, peak_memory
+from .networks import build_model
+from .profile_step import gemm_flops_per_image
+from .torch_twin import TorchCase
 
 CLASSES = 10
 LEARNING_RATES = {"momentum": 0.01, "adam": 1e-3}
@@ -60,7 +60,7 @@ def batch_data(batch, input_shape):
 def make_cases(arch, batch, input_shape, backend, torch, optimizer, floor: bool = False) -> dict:
     """gpucnn's case; PyTorch's twin when torch is given, on the CPU beside a CPU case and
     on CUDA beside a GPU case (none when torch has no CUDA); with ``floor``, the matrix
-    multiplies of gpucnn's step alone (CPU only, scripts/gemm_floor.py). Each GPU side's
+    multiplies of gpucnn's step alone (CPU only, gemm_floor.py). Each GPU side's
     memory high-water mark is reset before its case is built."""
     x, y = batch_data(batch, input_shape)
     model = build_model(arch, input_shape, CLASSES, np.random.default_rng(0))
@@ -80,7 +80,7 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peaks: dict 
              floor: bool = True, schedule: tuple | None = None) -> dict:
     """One row. ``peaks``: {"cpu": SgemmPeak, "gpu": FLOP/s or None}; ``schedule``:
     (warmup, steps, repeats), the command line's by default. GPU rows use the wall clock
-    and no settling pause (scripts/gpu_bench.py)."""
+    and no settling pause (gpu_bench.py)."""
     warmup, steps, repeats = schedule or (args.warmup, args.steps, args.repeats)
     gpu = backend.name == "gpu"
     cases = make_cases(arch, batch, input_shape, backend, torch, args.optimizer, floor)

@@ -18,7 +18,7 @@ Why the model stays now that the benchmark times real GPUs: it needs no GPU. CI 
 every development machine can count a step's launches, say which gpucnn file makes
 them, and check that a change removes launches, long before a GPU runs it. What it
 no longer does is assume the cost of a launch: ``--launch-us`` takes it, and the GPU
-benchmark (``scripts/benchmark.py --device gpu``, scripts/gpu_bench.py) measures it
+benchmark (``scripts/benchmark.py --device gpu``, gpu_bench.py) measures it
 in every run and prints the value to pass. The default, 24 us, is the H200 figure
 of issue 20 (CuPy 14: 18-38 us per call), labelled as such in the output; the 5 us
 this model once assumed was 2-8x too optimistic. (The benchmark's own loop later
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 for path in (REPO, REPO / "tests"):  # the stand-in lives with the tests, not in the library
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
@@ -45,7 +45,7 @@ for path in (REPO, REPO / "tests"):  # the stand-in lives with the tests, not in
 from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
 
-from gpu_bench_nets import build_model  # noqa: E402  (the zoo and the benchmark's networks)
+from .networks import build_model  # noqa: E402  (the zoo and the benchmark's networks)
 
 # the median host cost of one generic CuPy call, last measured on an H200 (CuPy 14.2):
 # the default of --launch-us, printed as such; the GPU benchmark measures it in every run

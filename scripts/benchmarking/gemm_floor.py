@@ -24,7 +24,7 @@ import numpy as np
 from gpucnn.layers import Conv2D, Dense
 from gpucnn.layers.dense import input_gradient
 from gpucnn.model import execution_order
-from measure import measure
+from .measure import measure
 
 
 def step_multiplies(model, x) -> tuple[list, list]:
@@ -63,7 +63,7 @@ def step_multiplies(model, x) -> tuple[list, list]:
 
 
 class GemmFloorCase:
-    """A benchmark case (scripts/measure.measure) that runs only the matrix multiplies of
+    """A benchmark case (measure.measure) that runs only the matrix multiplies of
     a gpucnn training step or evaluation pass, so their timing interleaves with the rest."""
 
     def __init__(self, model, x):
@@ -82,6 +82,6 @@ class GemmFloorCase:
 
 def gemm_floor_seconds(model, x, repeats: int = 7, warmup: int = 2, clock=time.perf_counter) -> float:
     """Seconds per training step that the step's matrix multiplies alone take: the median
-    over ``repeats`` rounds, after ``warmup`` rounds (scripts/measure.measure, no pause)."""
+    over ``repeats`` rounds, after ``warmup`` rounds (measure.measure, no pause)."""
     per_second = measure({"floor": GemmFloorCase(model, x)}, "train", 1, 1, warmup, repeats, clock, settle=0.0)
     return 1.0 / per_second["floor"]
