@@ -18,36 +18,52 @@ _CUPY, _NO_GPU_REASON = gpu_status()
 _NEEDS_GPU = pytest.mark.skipif(_CUPY is None, reason=f"needs a CUDA GPU: {_NO_GPU_REASON}")
 
 # Every backend test runs on NumPy, on the CuPy stand-in (always: CI has no GPU) and on
-# real CuPy when a CUDA device is usable (skipped with the reason otherwise).
+# real CuPy when a CUDA device is usable (skipped with the reason otherwise); on the two GPU
+# kinds both with the default fused kernels (gpucnn.kernels) and with none of them, so the
+# generic CuPy code stays tested too.
 BACKENDS = [
     pytest.param("cpu", id="cpu"),
     pytest.param("standin", id="standin"),
+    pytest.param("standin-generic", id="standin-generic"),
     pytest.param("cupy", id="cupy", marks=_NEEDS_GPU),
+    pytest.param("cupy-generic", id="cupy-generic", marks=_NEEDS_GPU),
 ]
 DEVICE_BACKENDS = BACKENDS[1:]
 
 
 def make_backend(kind: str):
-    if kind == "standin":
-        return standin_backend()
-    if kind == "cupy":
-        return get_backend("gpu")
+    """A backend by test id: "standin" / "cupy" with the default kernels, "...-generic"
+    with none."""
+    kernels = "none" if kind.endswith("-generic") else None
+    if kind.startswith("standin"):
+        return standin_backend(kernels=kernels)
+    if kind.startswith("cupy"):
+        return get_backend("gpu", kernels=kernels)
     return get_backend("cpu")
+
+
+def _backend_fixture(request):
+    backend = make_backend(request.param)
+    yield backend
+    if request.param.startswith("cupy"):  # the GPU's selection is process-wide: back to the defaults
+        select_kernels(backend.xp, "default")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Every backend: NumPy, the CuPy stand-in, and a real GPU when present."""
-    return make_backend(request.param)
+    """Every backend: NumPy, the CuPy stand-in, and a real GPU when present (the GPU kinds
+    with and without the fused kernels)."""
+    yield from _backend_fixture(request)
 
 
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
-    """A GPU-like backend: the CuPy stand-in, or a real GPU when present."""
-    return make_backend(request.param)
+    """A GPU-like backend: the CuPy stand-in, or a real GPU when present (with and without
+    the fused kernels)."""
+    yield from _backend_fixture(request)
 
 
-@pytest.fixture(params=DEVICE_BACKENDS)
+@pytest.fixture(params=[BACKENDS[1], BACKENDS[3]])  # the stand-in, a real GPU
 def kernel_backend(request):
     """A GPU-like backend running every fused kernel (gpucnn.kernels): the CuPy stand-in
     (each launch runs the kernel's NumPy twin after checking its arguments against the

@@ -21,8 +21,9 @@ Which kernels a GPU backend uses is chosen per group (:data:`GROUPS`) when the b
 is made: ``get_backend("gpu", kernels=...)``, else the ``GPUCNN_KERNELS`` environment
 variable, else :data:`DEFAULT_ON`. A group becomes a default only in the commit that
 records its GPU-vs-twin test passing on a real GPU (``.ci/gpu``); until then it is
-opt-in and the generic CuPy code runs. The CPU path never uses them: NumPy's own
-tuned code is faster there.
+opt-in and the generic CuPy code runs. Every group is a default since the .ci/gpu run of
+2026-12-04 on an H200 (gpucnn/kernel_groups.py); ``GPUCNN_KERNELS=none`` runs the generic
+CuPy code instead. The CPU path never uses them: NumPy's own tuned code is faster there.
 """
 from __future__ import annotations
 
