@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 
 import numpy as np
 
@@ -12,9 +13,9 @@ from .fileio import atomic_output
 from .fusion import execution_order, execution_units  # noqa: F401  (execution_order: scripts, tests)
 from .layers import LAYER_TYPES, Dropout, Layer
 from .predict import EVAL_BATCH_SIZE, predict_batches
+from .saved_files import MODEL_FORMAT as FORMAT_VERSION  # the "format_version" save() writes
+from .saved_files import CheckpointError, read_saved_model
 from .summary import summary_table, trace_shapes
-
-FORMAT_VERSION = 1
 
 
 class Sequential:
@@ -264,13 +265,26 @@ def build(architecture: list[dict], rng=None, dropout_rng=None) -> Sequential:
 
 
 def load(path, backend="cpu") -> Sequential:
-    """The model in a :meth:`Sequential.save` file (or a training checkpoint) on ``backend``
-    (default CPU). A missing, truncated or foreign file, or one of an unknown format
+    """The model in a :meth:`Sequential.save` file or a training checkpoint, on ``backend``
+    (default CPU), with the ``data_info`` (input shape, class names, image statistics) the
+    file records. A missing, truncated or foreign file, or one of an unknown format
     version, raises :class:`gpucnn.checkpoint.CheckpointError` (a ValueError) naming the
-    file and what is wrong."""
-    from .checkpoint import load_trained_model  # the validated reader; it imports this module
+    file and what is wrong (gpucnn.saved_files reads and validates it)."""
+    architecture, params, _, info = read_saved_model(path)
+    model = rebuild(architecture, params, path)
+    model.data_info = info
+    return model.to(backend)
 
-    return load_trained_model(path, backend)
+
+def rebuild(architecture: list, params: dict, path) -> Sequential:
+    """A CPU model from gpucnn.saved_files.read_model output (``path``: the file they were
+    read from, named in the error); CheckpointError if it cannot be rebuilt."""
+    try:
+        model = build(architecture)
+        model.load_state_dict(params)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{os.fspath(path)}: its model cannot be rebuilt ({exc})") from None
+    return model
 
 
 def atomic_savez(path, arrays: dict) -> None:

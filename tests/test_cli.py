@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import gpucnn.datasets
+import gpucnn.loops
 import gpucnn.report
 import gpucnn.train
 from gpucnn.checkpoint import load_checkpoint
@@ -224,14 +225,14 @@ def test_resume_with_no_epochs_left_exits_2(digits_checkpoint, capsys, no_data):
 # -- 11: Ctrl-C ----------------------------------------------------------------------------
 def interrupt_at_epoch(monkeypatch, epoch):
     """train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts."""
-    real, calls = gpucnn.train.train_epoch, []
+    real, calls = gpucnn.loops.train_epoch, []
 
     def train_epoch(*args, **kwargs):
         calls.append(1)
         if len(calls) == epoch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(gpucnn.train, "train_epoch", train_epoch)
+    monkeypatch.setattr(gpucnn.loops, "train_epoch", train_epoch)  # fit looks it up there
 
 
 def test_ctrl_c_prints_a_resume_command_that_keeps_checkpointing(tmp_path, capsys, monkeypatch):

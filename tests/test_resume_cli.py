@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpucnn.train
+import gpucnn.loops
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.config import FlagError, TrainConfig, flag_words, resume_config
 
@@ -40,7 +40,7 @@ def test_resume_with_only_the_checkpoint_and_epochs_ends_where_the_uninterrupted
     status, out, _ = main(RUN + ["--epochs", "3", "--checkpoint", straight], capsys)
     assert status == 0
 
-    real, calls = gpucnn.train.train_epoch, []
+    real, calls = gpucnn.loops.train_epoch, []
 
     def interrupted_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -48,7 +48,7 @@ def test_resume_with_only_the_checkpoint_and_epochs_ends_where_the_uninterrupted
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(gpucnn.train, "train_epoch", interrupted_in_epoch_2)
+        patch.setattr(gpucnn.loops, "train_epoch", interrupted_in_epoch_2)
         status, _, _ = main(RUN + ["--epochs", "3", "--checkpoint", stopped], capsys)
     assert status == 130 and load_checkpoint(stopped)["meta"]["epoch"] == 1
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+import gpucnn.loops as loops
 import gpucnn.train as train
 from gpucnn.data import DataError, Dataset, load_digits
 from gpucnn.train import TrainConfig, build_model, fit, held_out_report, run
@@ -71,7 +72,7 @@ def test_fit_copies_and_syncs_per_epoch_do_not_grow_with_batches(verbose, capsys
 
 
 def test_planted_per_batch_host_sync_fails_the_epoch_test(monkeypatch):
-    line = plant(monkeypatch, train, "train_epoch", "        optimizer.step()\n",
+    line = plant(monkeypatch, loops, "train_epoch", "        optimizer.step()\n",
                  "        optimizer.step()\n        float(batch_losses[b])  # planted: one sync per batch\n")
     with pytest.raises(AssertionError, match=rf"to_host at {line} \(float\(\)\): 64 times per epoch with 64 batches, 4 with 4"):
         assert_epoch_counts_bounded(0)

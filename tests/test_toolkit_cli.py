@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gpucnn
+import gpucnn.loops
 import gpucnn.train
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.datasets import channel_stats, load_digits
@@ -356,7 +357,7 @@ def test_two_epochs_equal_one_epoch_plus_resume_with_the_whole_toolkit(tmp_path,
     status, out, err = main(train_cli, [*flags, "--checkpoint", straight], capsys)
     assert status == 0, err
 
-    real, calls = gpucnn.train.train_epoch, []
+    real, calls = gpucnn.loops.train_epoch, []
 
     def interrupt_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -364,7 +365,7 @@ def test_two_epochs_equal_one_epoch_plus_resume_with_the_whole_toolkit(tmp_path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(gpucnn.train, "train_epoch", interrupt_second_epoch)
+        patch.setattr(gpucnn.loops, "train_epoch", interrupt_second_epoch)
         status, _, err = main(train_cli, [*flags, "--checkpoint", resumed], capsys)
     assert status == 130 and f"epoch 1 is saved in {resumed}" in err
     half = load_checkpoint(resumed)["meta"]
