@@ -6,7 +6,6 @@ the pipe and SIGINT cases run a real process.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -27,30 +26,14 @@ import gpucnn.train
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.data import DataError
 from gpucnn.train import TrainConfig, run
+from scripts_in_process import load_script, main  # noqa: F401  (test_toolkit_cli imports them from here)
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 train_cli = load_script("train")
 evaluate_cli = load_script("evaluate")
-
-
-def main(script, argv, capsys):
-    """(exit status, stdout, stderr) of ``script.main(argv)``."""
-    try:
-        status = script.main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def error_lines(err):

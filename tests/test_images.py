@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 PIL = pytest.importorskip("PIL")
+from scripts_in_process import load_script, main  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import gpucnn  # noqa: E402
@@ -30,25 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("circle", "square")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_images_cli", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_cli, predict_cli, export_cli, evaluate_cli = (load_script(n) for n in ("train", "predict", "export",
+train_cli, predict_cli, export_cli, evaluate_cli = (load_script(n, "images_cli") for n in ("train", "predict", "export",
                                                                               "evaluate"))
-
-
-def main(script, argv, capsys):
-    """(exit status, stdout, stderr) of ``script.main(argv)``."""
-    try:
-        status = script.main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def shape_image(kind: str, size: int, mode: str, offset: int, dark_on_light: bool = False) -> Image.Image:

@@ -3,20 +3,15 @@ model and optimizer setting comes from the checkpoint, the result is the uninter
 run's, and flags that contradict the checkpoint are refused all in one message."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import gpucnn.loops
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.config import FlagError, TrainConfig, flag_words, resume_config
+from scripts_in_process import load_script, main as run_script
 
-REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("train_resume_cli", REPO / "scripts" / "train.py")
-train_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_cli)
+train_cli = load_script("train", "resume_cli")
 
 # settings far from the defaults: a resume that fell back to any default would differ
 RUN = ["--dataset", "digits", "--limit-train", "400", "--limit-test", "100", "--val-fraction", "0.2",
@@ -26,12 +21,8 @@ RUN = ["--dataset", "digits", "--limit-train", "400", "--limit-test", "100", "--
 
 
 def main(argv, capsys):
-    try:
-        status = train_cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    """(exit status, stdout, stderr) of scripts/train.py with ``argv``."""
+    return run_script(train_cli, argv, capsys)
 
 
 def test_resume_with_only_the_checkpoint_and_epochs_ends_where_the_uninterrupted_run_ends(tmp_path, capsys,
