@@ -191,3 +191,17 @@ def test_benchmark_networks_match_their_description_and_their_torch_twin(arch):
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.eval().forward(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_each_case_starts_without_an_earlier_cases_shared_scratch(monkeypatch):
+    """The .ci/gpu run of 2026-12-04 counted the shared conv buffers lenet at batch 1024 left
+    (about 313 MiB) in every later case's GPU memory: free_device_memory drops them."""
+    from gpucnn.layers import conv as conv_module, scratch
+    from gpucnn import Conv2D
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
+    backend = standin_backend(kernels="im2col")
+    layer = Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0)).to(backend)
+    layer.forward(backend.asarray(np.ones((2, 2, 5, 5), np.float32)))
+    assert scratch._BUFFERS.get(backend.xp)
+    gpu_bench.free_device_memory(backend)
+    assert not scratch._BUFFERS.get(backend.xp)

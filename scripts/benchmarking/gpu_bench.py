@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from gpucnn.layers.scratch import release_shared_scratch
+
 # -- the cases of --gpu-targets ---------------------------------------------------------------
 # (arch, batch, target train ratio or None); the schedule is (warm-up steps, steps per repeat,
 # repeats), sized so the eight cases and both twins run in well under 90 s on an H200
@@ -184,7 +186,11 @@ def host_cost_table(rows, calls: int) -> str:
 
 # -- device memory --------------------------------------------------------------------------
 def free_device_memory(backend) -> None:
-    """Hand the CuPy pool's unused blocks back, so the next case's high-water mark is its own."""
+    """Hand the CuPy pool's unused blocks back, so the next case's high-water mark is its own:
+    the layers' shared scratch buffers first (gpucnn/layers/scratch.py: they outlive a model,
+    and an earlier case's would count in every later one's memory)."""
+    if backend.name == "gpu":
+        release_shared_scratch(backend.xp)
     if is_real_gpu(backend):
         gc.collect()  # the previous case's arrays, if a reference cycle still holds them
         backend.xp.get_default_memory_pool().free_all_blocks()
