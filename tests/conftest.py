@@ -31,10 +31,10 @@ BACKENDS = [
 DEVICE_BACKENDS = BACKENDS[1:]
 
 
-def make_backend(kind: str):
-    """A backend by test id: "standin" / "cupy" with the default kernels, "...-generic"
-    with none."""
-    kernels = "none" if kind.endswith("-generic") else None
+def make_backend(kind: str, kernels=None):
+    """A backend by test id: "standin" / "cupy" with the fused-kernel groups ``kernels``
+    (None: the defaults), "...-generic" with none."""
+    kernels = "none" if kind.endswith("-generic") else kernels
     if kind.startswith("standin"):
         return standin_backend(kernels=kernels)
     if kind.startswith("cupy"):
@@ -42,10 +42,12 @@ def make_backend(kind: str):
     return get_backend("cpu")
 
 
-def _backend_fixture(request):
-    backend = make_backend(request.param)
+def backend_of(kind: str, kernels=None):
+    """A generator for a fixture: yields make_backend(kind, kernels), then puts the real
+    GPU's kernel selection (process-wide) back to the defaults."""
+    backend = make_backend(kind, kernels)
     yield backend
-    if request.param.startswith("cupy"):  # the GPU's selection is process-wide: back to the defaults
+    if kind.startswith("cupy"):
         select_kernels(backend.xp, "default")
 
 
@@ -53,14 +55,14 @@ def _backend_fixture(request):
 def backend(request):
     """Every backend: NumPy, the CuPy stand-in, and a real GPU when present (the GPU kinds
     with and without the fused kernels)."""
-    yield from _backend_fixture(request)
+    yield from backend_of(request.param)
 
 
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
     """A GPU-like backend: the CuPy stand-in, or a real GPU when present (with and without
     the fused kernels)."""
-    yield from _backend_fixture(request)
+    yield from backend_of(request.param)
 
 
 @pytest.fixture(params=[BACKENDS[1], BACKENDS[3]])  # the stand-in, a real GPU
@@ -69,12 +71,7 @@ def kernel_backend(request):
     (each launch runs the kernel's NumPy twin after checking its arguments against the
     CUDA signature), or a real GPU when present (the CUDA kernels themselves). The GPU's
     selection goes back to the defaults afterwards."""
-    if request.param == "standin":
-        yield standin_backend(kernels="all")
-        return
-    backend = get_backend("gpu", kernels="all")
-    yield backend
-    select_kernels(backend.xp, "default")
+    yield from backend_of(request.param, "all")
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import _NEEDS_GPU
+from conftest import _NEEDS_GPU, backend_of
 from gpucnn import Conv2D, Flatten, MaxPool2D, ReLU, Sequential
-from gpucnn.backend import get_backend
-from gpucnn.kernel_groups import select as select_kernels
 from gpucnn.kernels.pool import NO_OFFSET, TIE_SCALE, max_pool, max_pool_grad
 from standin import standin_backend
 
@@ -164,12 +162,7 @@ def test_first_maximum_within_the_tie_threshold_takes_the_gradient():
 @pytest.fixture(params=[pytest.param("standin", id="standin"), pytest.param("cupy", id="cupy", marks=_NEEDS_GPU)])
 def pool_backend(request):
     """The stand-in or a real GPU, running the maxpool and relu groups only."""
-    if request.param == "standin":
-        yield standin_backend(kernels="maxpool,relu")
-        return
-    backend = get_backend("gpu", kernels="maxpool,relu")
-    yield backend
-    select_kernels(backend.xp, "default")
+    yield from backend_of(request.param, "maxpool,relu")
 
 
 def run_model(model, x, dy):
