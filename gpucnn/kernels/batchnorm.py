@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import array_module
-from .runtime import grid_1d, launch
+from .runtime import grid_1d, launch, memory_order
 
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: normalize / backward_dx loop over channels beyond it
 MAX_REDUCE_BLOCK = 1024  # MAX_BLOCK in cuda/batchnorm.cu
@@ -149,11 +149,7 @@ def channel_layout(x) -> ChannelLayout:
         raise TypeError(f"the batchnorm kernels take float32 arrays, got {x.dtype}; "
                         "cast once with astype(numpy.float32) or run the group off")
     shape = tuple(int(n) for n in x.shape)
-    order = tuple(sorted(range(x.ndim), key=lambda axis: -x.strides[axis]))  # outermost axis first
-    buffer = x.transpose(order)  # a view, axes in memory order
-    if not buffer.flags.c_contiguous:
-        order = tuple(range(x.ndim))
-        buffer = array_module(x).ascontiguousarray(x)  # (N, C, ...) copy
+    buffer, order = memory_order(x)  # x's memory, axes outermost first (or an (N, C, ...) copy)
     position = order.index(1)
     sizes = [shape[axis] for axis in order]
     return ChannelLayout(buffer, order, tuple(order.index(axis) for axis in range(x.ndim)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from .runtime import grid_1d, launch
+from .runtime import element_strides, grid_1d, launch, memory_order
 
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y: the kernels loop over channels beyond it
 
@@ -86,12 +86,8 @@ def dense_buffer(x):
     C-contiguous array over x's memory (x's axes permuted, no copy) when x is a transposed
     C-contiguous array, as Conv2D's NCHW views of (C, H, W, N) memory are; else a C-contiguous
     copy of x (one launch)."""
-    order = sorted(range(x.ndim), key=lambda axis: -x.strides[axis])  # outermost axis first
-    buffer = x.transpose(order)  # a view
-    if buffer.flags.c_contiguous:
-        return buffer, tuple(s // x.itemsize for s in x.strides)
-    copy = array_module(x).ascontiguousarray(x)  # same shape as x
-    return copy, tuple(s // copy.itemsize for s in copy.strides)
+    buffer, perm = memory_order(x)
+    return buffer, element_strides(buffer, perm)
 
 
 def _grid(positions: int, channels: int):

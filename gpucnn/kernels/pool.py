@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from .relu import memory_order
-from .runtime import grid_1d, launch
+from .runtime import element_strides, grid_1d, launch, memory_order
 
 MAX_WINDOW = 255  # offsets are uint8; 255 itself means "no gradient" (NO_OFFSET)
 NO_OFFSET = 255
@@ -88,12 +87,7 @@ def _element_strides(a):
     """(a's memory as a C-contiguous array, a's element strides as np.int64, NCHW order):
     no copy when a is a permutation of contiguous memory (e.g. an NCHW view of (C, H, W, N))."""
     memory, perm = memory_order(a)
-    strides = [0] * 4
-    step = 1
-    for axis in reversed(perm):  # C-contiguous memory: the last axis in memory steps by 1
-        strides[axis] = step
-        step *= a.shape[axis]
-    return memory, [np.int64(s) for s in strides]
+    return memory, [np.int64(s) for s in element_strides(memory, perm)]
 
 
 def _geometry(kernel_size, stride, padding, out_h, out_w):

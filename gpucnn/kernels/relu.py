@@ -1,29 +1,16 @@
-"""ReLU backward as one pass (kernel ``relu.relu_backward``), its NumPy twin, and
-:func:`memory_order`, which hands a kernel any dense layout as C-contiguous memory."""
+"""ReLU backward as one pass (kernel ``relu.relu_backward``) and its NumPy twin."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import array_module
-from .runtime import grid_1d, launch
+from .runtime import grid_1d, launch, memory_order
 
 
 def relu_backward(y, dy, dx, n):
     """Twin of ``relu.relu_backward``: dx = dy where y > 0, else 0 (flat, n elements)."""
     y, dy, dx = y.reshape(-1)[:n], dy.reshape(-1)[:n], dx.reshape(-1)[:n]
     np.multiply(dy, y > 0, out=dx)
-
-
-def memory_order(a):
-    """a (any shape) -> (a.transpose(perm), perm): C-contiguous, its axes in memory order
-    (outermost first); no copy when some order of a's axes is contiguous (an NCHW view of
-    (C, H, W, N) memory gives perm (1, 2, 3, 0)). Otherwise a C-contiguous copy of a and
-    the identity perm."""
-    perm = tuple(sorted(range(a.ndim), key=lambda axis: -a.strides[axis]))  # stable: ties keep order
-    view = a.transpose(perm)
-    if view.flags.c_contiguous:
-        return view, perm
-    return array_module(a).ascontiguousarray(a), tuple(range(a.ndim))
 
 
 def relu_grad(y, dy):

@@ -137,6 +137,24 @@ def compile_all(arch: str = "compute_90") -> dict[str, int]:
     return sizes
 
 
+def memory_order(a):
+    """a (any shape) -> (memory, perm): ``memory`` is ``a.transpose(perm)``, C-contiguous, its
+    axes in memory order (outermost first), no copy, when some order of a's axes is contiguous
+    (an NCHW view of (C, H, W, N) memory gives perm (1, 2, 3, 0)); otherwise a C-contiguous
+    copy of a (one launch) and the identity perm. What a kernel reading raw memory is given."""
+    perm = tuple(sorted(range(a.ndim), key=lambda axis: -a.strides[axis]))  # stable: ties keep order
+    view = a.transpose(perm)
+    if view.flags.c_contiguous:
+        return view, perm
+    return array_module(a).ascontiguousarray(a), tuple(range(a.ndim))
+
+
+def element_strides(memory, perm) -> tuple[int, ...]:
+    """The element strides, axis by axis, of the array that :func:`memory_order` turned into
+    ``(memory, perm)``: how a kernel steps through ``memory`` along each of its axes."""
+    return tuple(memory.strides[perm.index(axis)] // memory.itemsize for axis in range(memory.ndim))
+
+
 def grid_1d(count: int, block: int = 256, max_blocks: int = 65535 * 8) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) for a grid-stride loop over ``count`` items."""
     blocks = max(1, min((int(count) + block - 1) // block, max_blocks))
