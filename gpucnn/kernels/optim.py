@@ -164,11 +164,18 @@ def adam_update(table, params, grads, ms, vs, lr, betas, eps, weight_decay, deco
 
 
 # -- the NumPy twins: the kernels' work items, one at a time, through the same addresses ---------
-def _items(block_tensor, block_start, sizes, block_begin, block_end, chunk):
-    """(tensor, first element, element count) of work items [block_begin, block_end)."""
+def _work_items(params, sizes, grad_layout, block_tensor, block_start, block_begin, block_end,
+                first_tensor, chunk, gradients):
+    """(tensor t, first element, element count, its weights, its gradient) of each non-empty
+    work item in [block_begin, block_end), in order: the weights a view to update in place,
+    the gradient read through its layout (``gradients``: the addresses g0..g31)."""
     for b in range(int(block_begin), int(block_end)):
         t, start = int(block_tensor[b]), int(block_start[b])
-        yield t, start, max(0, min(start + int(chunk), int(sizes[t])) - start)
+        count = max(0, min(start + int(chunk), int(sizes[t])) - start)
+        if count:
+            yield (t, start, count, _at(params[t], start, count),
+                   _grad_at(gradients[t - int(first_tensor)], grad_layout[7 * t:7 * t + 7], start, count,
+                            int(sizes[t])))
 
 
 def _at(address, start, count):
@@ -196,11 +203,8 @@ def sgd_multi(params, velocity, sizes, grad_layout, block_tensor, block_start, b
     item, float32 operations in the same order (so equal to both bit for bit)."""
     gradients = (g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13, g14, g15,
                  g16, g17, g18, g19, g20, g21, g22, g23, g24, g25, g26, g27, g28, g29, g30, g31)
-    for t, start, count in _items(block_tensor, block_start, sizes, block_begin, block_end, chunk):
-        if count == 0:
-            continue
-        w = _at(params[t], start, count)
-        g = _grad_at(gradients[t - int(first_tensor)], grad_layout[7 * t:7 * t + 7], start, count, int(sizes[t]))
+    for t, start, count, w, g in _work_items(params, sizes, grad_layout, block_tensor, block_start,
+                                             block_begin, block_end, first_tensor, chunk, gradients):
         if weight_decay != 0:
             g = g + weight_decay * w  # a new array: the gradient is only read
         if momentum != 0:
@@ -220,11 +224,8 @@ def adam_multi(params, m, v, sizes, grad_layout, block_tensor, block_start, bloc
     item, float32 operations in the same order (so equal to both bit for bit)."""
     gradients = (g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13, g14, g15,
                  g16, g17, g18, g19, g20, g21, g22, g23, g24, g25, g26, g27, g28, g29, g30, g31)
-    for t, start, count in _items(block_tensor, block_start, sizes, block_begin, block_end, chunk):
-        if count == 0:
-            continue
-        w = _at(params[t], start, count)
-        g = _grad_at(gradients[t - int(first_tensor)], grad_layout[7 * t:7 * t + 7], start, count, int(sizes[t]))
+    for t, start, count, w, g in _work_items(params, sizes, grad_layout, block_tensor, block_start,
+                                             block_begin, block_end, first_tensor, chunk, gradients):
         mt, vt = _at(m[t], start, count), _at(v[t], start, count)
         if decay_mode == 2:
             w *= decay_factor
