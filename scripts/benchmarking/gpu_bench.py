@@ -217,7 +217,8 @@ def torch_peak_mib(torch) -> dict:
 
 
 # -- the GPU table --------------------------------------------------------------------------
-def _f(value, spec):
+def format_cell(value, spec):
+    """A table cell: ``value`` formatted by ``spec``, "-" for None (no twin, no peak)."""
     return "-" if value is None else format(value, spec)
 
 
@@ -240,10 +241,10 @@ def gpu_table(rows) -> str:
         lines.append(
             f"| {r['arch']} | {'x'.join(map(str, r['input']))} | {r['batch']} | "
             f"{r.get('kernels_spec') or r.get('kernels') or 'none'} | "
-            f"{r['train_img_s']:.0f} | {_f(r.get('torch_train_img_s'), '.0f')} | {_f(r.get('train_ratio'), '.2f')} | "
-            f"{target_met(r)} | {_f(fraction and 100 * fraction, '.1f')} | {r['eval_img_s']:.0f} | "
-            f"{_f(r.get('torch_eval_img_s'), '.0f')} | {_f(r.get('eval_ratio'), '.2f')} | "
-            f"{_f(r.get('peak_mib'), '.0f')} / {_f(r.get('torch_peak_mib'), '.0f')} |")
+            f"{r['train_img_s']:.0f} | {format_cell(r.get('torch_train_img_s'), '.0f')} | {format_cell(r.get('train_ratio'), '.2f')} | "
+            f"{target_met(r)} | {format_cell(fraction and 100 * fraction, '.1f')} | {r['eval_img_s']:.0f} | "
+            f"{format_cell(r.get('torch_eval_img_s'), '.0f')} | {format_cell(r.get('eval_ratio'), '.2f')} | "
+            f"{format_cell(r.get('peak_mib'), '.0f')} / {format_cell(r.get('torch_peak_mib'), '.0f')} |")
     return "\n".join(lines)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
 from .gemm_floor import GemmFloorCase
-from .gpu_bench import (device_peak_mib, free_device_memory, peak_for, torch_device_for, torch_peak_mib,
-                       torch_reset_peak)
+from .gpu_bench import (device_peak_mib, format_cell, free_device_memory, peak_for, torch_device_for,
+                       torch_peak_mib, torch_reset_peak)
 from .measure import SETTLE_SECONDS, measure, peak_memory
 from .networks import build_model
 from .profile_step import gemm_flops_per_image
@@ -157,8 +157,7 @@ def format_row(r):
 
 def table(rows) -> str:
     """A Markdown table, as the README shows it."""
-    def f(v, spec):
-        return "-" if v is None else format(v, spec)
+    f = format_cell
     head = ("| network | input | batch | device | gpucnn train img/s | torch train img/s | train ratio | "
             "% of SGEMM peak | matrix multiplies alone img/s | ratio ceiling | "
             "gpucnn eval img/s | torch eval img/s | eval ratio | peak MiB gpucnn / torch |")
