@@ -74,11 +74,9 @@ def select(xp, spec=None) -> frozenset:
 
 
 def selected(xp) -> frozenset:
-    """The groups arrays of module ``xp`` run fused kernels for (none for NumPy)."""
-    try:
-        return _SELECTION.get(xp, frozenset())
-    except TypeError:  # not weak-referenceable (numpy's module is): never selected
-        return frozenset()
+    """The groups arrays of module ``xp`` run fused kernels for (none for NumPy, which is
+    never selected)."""
+    return _SELECTION.get(xp, frozenset())
 
 
 def active(group: str, xp) -> bool:
