@@ -13,6 +13,7 @@ arrays they receive with :func:`array_module`, so one code path serves both.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -26,7 +27,9 @@ __all__ = [
     "array_module",
     "compile_cuda_module",
     "cublas_binding",
+    "cublas_capture_binding",
     "get_backend",
+    "graphs_selected",
     "gpu_status",
     "register_array_type",
     "to_host",
@@ -74,9 +77,10 @@ class Backend:
     """One device: its array module and the two transfer directions."""
 
     def __init__(self, name: str, xp, to_device, to_host, synchronize, memory_bytes=None,
-                 kernels=frozenset()):
+                 kernels=frozenset(), graphs=False):
         self.name = name
         self.kernels = frozenset(kernels)  # the fused-kernel groups its arrays run (gpucnn.kernels)
+        self.graphs = bool(graphs)  # replay training steps from CUDA graphs (gpucnn.graphs; opt-in)
         self.xp = xp
         self._to_device = to_device
         self._to_host = to_host
@@ -100,9 +104,8 @@ class Backend:
         return None if self._memory_bytes is None else int(self._memory_bytes())
 
     def __repr__(self) -> str:
-        if self.kernels:
-            return f"Backend(name={self.name!r}, kernels={sorted(self.kernels)})"
-        return f"Backend(name={self.name!r})"
+        options = (f", kernels={sorted(self.kernels)}" if self.kernels else "") + (", graphs=True" if self.graphs else "")
+        return f"Backend(name={self.name!r}{options})"
 
 
 def _cpu_backend() -> Backend:
@@ -146,7 +149,7 @@ def gpu_status():
     return cupy, None
 
 
-def _gpu_backend(cupy, kernels=None) -> Backend:
+def _gpu_backend(cupy, kernels=None, graphs=None) -> Backend:
     register_array_type(cupy.ndarray, lambda a: cupy)
     groups = kernel_groups.select(cupy, kernels)
     return Backend(
@@ -157,6 +160,7 @@ def _gpu_backend(cupy, kernels=None) -> Backend:
         synchronize=cupy.cuda.Stream.null.synchronize,
         memory_bytes=lambda: cupy.get_default_memory_pool().total_bytes(),
         kernels=groups,
+        graphs=graphs_selected(graphs),
     )
 
 
@@ -181,6 +185,58 @@ def cublas_binding(xp):
     return cublas, device.get_cublas_handle
 
 
+def cublas_capture_binding(xp):
+    """``(library, get_handle, stream_pointer)`` for the real ``cupy`` module, None otherwise:
+    the libcublas CuPy loaded, opened with ctypes, so gpucnn.kernels.gemm can call
+    cublasSgemm_v2 while a stream is being captured into a CUDA graph. CuPy's own binding
+    refuses then ("calling cuBLAS API during stream capture is currently unsupported");
+    cuBLAS itself supports capture (cuBLAS guide, "CUDA Graphs Support")."""
+    if getattr(xp, "__name__", None) != "cupy":
+        return None
+    import ctypes  # noqa: PLC0415
+    from cupy.cuda import device  # noqa: PLC0415
+    from cupy_backends.cuda.libs import cublas  # noqa: PLC0415, F401  (loads libcublas)
+
+    return _loaded_cublas(ctypes), device.get_cublas_handle, lambda: xp.cuda.get_current_stream().ptr
+
+
+def mapped_cublas_path(maps_lines) -> str | None:
+    """The path of libcublas.so.* (not libcublasLt) among a /proc/<pid>/maps listing's lines."""
+    paths = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps_lines) if len(fields) == 6}
+    found = sorted(p for p in paths if os.path.basename(p).startswith("libcublas.so"))
+    return found[0] if found else None
+
+
+def _loaded_cublas(ctypes):
+    """The libcublas.so.* mapped into this process (CuPy loaded it), as a ctypes library."""
+    with open("/proc/self/maps") as maps:
+        path = mapped_cublas_path(maps)
+    if path is None:
+        raise RuntimeError("CUDA graphs need libcublas, but CuPy has not loaded it (no libcublas.so "
+                           "in /proc/self/maps)")
+    library = ctypes.CDLL(path)
+    void, c_int = ctypes.c_void_p, ctypes.c_int
+    for name, argtypes in (("cublasSetStream_v2", [void, void]),
+                           ("cublasSetPointerMode_v2", [void, c_int]),
+                           ("cublasSetWorkspace_v2", [void, void, ctypes.c_size_t]),
+                           ("cublasSgemm_v2", [void, c_int, c_int, c_int, c_int, c_int, void, void, c_int,
+                                               void, c_int, void, void, c_int])):
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, c_int
+    return library
+
+
+def graphs_selected(graphs=None) -> bool:
+    """Whether a GPU backend replays training steps from CUDA graphs: ``graphs`` when given,
+    else the environment variable GPUCNN_CUDA_GRAPHS ("1" on, "0" or unset off)."""
+    if graphs is not None:
+        return bool(graphs)
+    value = os.environ.get("GPUCNN_CUDA_GRAPHS", "0").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"GPUCNN_CUDA_GRAPHS expected 1 (on) or 0 (off), got {value!r}")
+    return value == "1"
+
+
 def nvrtc_binding():
     """CuPy's NVRTC binding (``cupy.cuda.nvrtc``): compiles CUDA C++ without a GPU."""
     from cupy.cuda import nvrtc  # noqa: PLC0415
@@ -188,12 +244,14 @@ def nvrtc_binding():
     return nvrtc
 
 
-def get_backend(name: str = "auto", kernels=None) -> Backend:
+def get_backend(name: str = "auto", kernels=None, graphs=None) -> Backend:
     """Return the backend for ``name`` in ``"cpu"``, ``"gpu"``, ``"auto"``.
 
     ``kernels`` (GPU only): the fused-kernel groups to run (gpucnn.kernels): ``"all"``,
     ``"none"``, ``"default"`` or a comma-separated list of groups; None reads the
     ``GPUCNN_KERNELS`` environment variable, else the defaults. The CPU never runs them.
+    ``graphs`` (GPU only, opt-in): replay each training step from a CUDA graph (gpucnn.graphs);
+    None reads ``GPUCNN_CUDA_GRAPHS`` (1 on), else off.
 
     ``"auto"`` picks the GPU when one is usable, else the CPU, silently.
     ``"gpu"`` without a usable GPU falls back to the CPU with one
@@ -206,11 +264,12 @@ def get_backend(name: str = "auto", kernels=None) -> Backend:
         )
     if kernels is not None:
         kernel_groups.parse_selection(kernels)  # a bad name fails before any device work
+    graphs_selected(graphs)  # a bad GPUCNN_CUDA_GRAPHS fails before any device work
     if name == "cpu":
         return _cpu_backend()
     cupy, reason = gpu_status()
     if cupy is not None:
-        return _gpu_backend(cupy, kernels)
+        return _gpu_backend(cupy, kernels, graphs)
     if name == "gpu":
         warnings.warn(
             f"--device gpu asked for a GPU, but {reason}; falling back to the CPU",

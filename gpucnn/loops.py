@@ -13,6 +13,7 @@ from .data import batch_slices, check_labels
 from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
                           gradients_of, main_process_log, shard_range, state_of, step_generator)
 from .layers import Dropout
+from .graphs import train_step_graph
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .pixels import check_image_dtype, float_batch, gather_batch
@@ -109,8 +110,14 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
     indices, shards = sampler.epoch()  # one permutation; for one process, the whole order
     order = backend.asarray(indices)  # (n,) one upload per epoch
     batch_losses = xp.zeros(len(shards), dtype=np.float32)
-    correct = xp.zeros((), dtype=np.int64)
     loss_fn = SoftmaxCrossEntropy() if loss_fn is None else loss_fn
+    # full batches replayed from a CUDA graph where the backend allows it (gpucnn.graphs)
+    graphed = train_step_graph(model, optimizer, loss_fn, x, y, batch_size, augment, comm)
+    if graphed is None:
+        correct = xp.zeros((), dtype=np.int64)
+    else:  # the graph adds its hits to this array: the eager steps add theirs there too
+        correct = graphed.correct
+        correct.fill(0)
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     per_step_randomness = augment is not None or (dropouts and comm.size > 1)
     for b, shard in enumerate(shards):
@@ -122,7 +129,9 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
         if comm.size > 1:
             for layer in dropouts:  # distributed: per-rank masks
                 layer.rng = step_rng
-        if count:
+        if graphed is not None and count == graphed.batch:  # gather, forward, loss, backward, update
+            graphed.run(order[shard], batch_losses[b:b + 1])
+        elif count:
             xb, yb = gather_batch(x, y, order[shard])  # (B, C, H, W) float32, (B,): gathered on the device
             if augment is not None:
                 xb = augment(xb, step_rng)  # (B, C, H, W), drawn on the device from one host draw
@@ -132,7 +141,8 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
             model.backward(loss_fn.backward(), need_input_grad=False)
         if comm.size > 1:  # distributed: every rank's gradients become the mean over the global batch
             comm.allreduce_mean_(gradients_of(model), weight=count)
-        optimizer.step()
+        if graphed is None or count != graphed.batch:
+            optimizer.step()
         if schedule is not None:
             schedule.step()  # the rate of the next batch
         if progress is not None:

@@ -34,6 +34,9 @@ class Optimizer:
     """
 
     HYPER: tuple[str, ...] = ("lr",)
+    # whether a step's device work depends on nothing but the hyperparameters and the arrays,
+    # so a CUDA graph may replay it (gpucnn.graphs; torch.optim's ``capturable``)
+    capturable = False
 
     def __init__(self, model, **hyper):
         if not hasattr(model, "named_parameters"):
@@ -116,6 +119,11 @@ class Optimizer:
 
     def _multi_update(self, keys, weights, grads):
         raise NotImplementedError
+
+    def release_device_table(self) -> None:
+        """Forget the fused update's device table of addresses; the next step uploads it again
+        (gpucnn.graphs does this before recording a step, so the table lies in the graph's pool)."""
+        self._table = TensorTable()
 
     def _buffer(self, key, name, like):
         """The named state buffer of one parameter, created as zeros on first use."""
@@ -202,6 +210,7 @@ class SGD(Optimizer):
     """
 
     HYPER = ("lr", "momentum", "nesterov", "weight_decay")
+    capturable = True  # every update in place, its scalars the hyperparameters
 
     def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(model, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)

@@ -21,6 +21,7 @@ from .config import FlagError, TrainConfig, check_resume, make_optimizer
 from .data import Dataset, batch_slices, check_labels
 from .datasets import channel_stats
 from .distributed import SingleProcess, get_communicator, main_process_log, parameters_of, state_of
+from .graphs import unavailable as graphs_unavailable
 from .image_stats import training_image_stats
 from .layers import Normalize
 from .losses import SoftmaxCrossEntropy
@@ -208,6 +209,9 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     augment = parse_augment(config.augment)
     fit_options = dict(loss_fn=SoftmaxCrossEntropy(config.label_smoothing), schedule=schedule,
                        augment=augment if augment else None)
+    if backend.graphs:  # asked for (GPUCNN_CUDA_GRAPHS=1): say whether this run's step allows them
+        reason = graphs_unavailable(model, optimizer, fit_options["augment"], comm)
+        log("CUDA graphs: " + ("on (full batches replay one recorded step)" if reason is None else f"off: {reason}"))
     # upload once, in the stored dtype (uint8 pixels stay uint8): every batch is sliced on the
     # device and made float32 there; on the CPU these are the host arrays themselves
     train_dev = (backend.asarray(train_x), backend.asarray(train_y))

@@ -139,8 +139,9 @@ def main(argv=None):
         names = [args.device]
     # (device, fused-kernel selection): a GPU once per --kernels SPEC; the selection belongs to
     # CuPy's module, so each GPU case makes its backend again (backend_for) right before it runs
-    plan = [(n, spec) for n in names for spec in ((args.kernels or [None]) if n == "gpu" else [None])]
-    backends = [backend_for(n, spec) for n, spec in plan]
+    plan = [(n, spec, graphs) for n in names for spec in ((args.kernels or [None]) if n == "gpu" else [None])
+            for graphs in (([g == "on" for g in args.graphs] if args.graphs else [None]) if n == "gpu" else [None])]
+    backends = [backend_for(*case) for case in plan]
     blas = [f"{i['internal_api']} {i.get('version')} {i.get('architecture')} kernels ({i['num_threads']} threads)"
             for i in threadpool_info() if i["user_api"] == "blas"]
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
@@ -162,8 +163,10 @@ def main(argv=None):
              "untimed steps (CPU rows; GPU rows: wall clock, no pause)")
           + ("; --gpu-targets: each case's own schedule" if args.gpu_targets else ""))
     kernels = [{"spec": spec or f"${KERNELS_ENV}={os.environ.get(KERNELS_ENV, 'default')}",
-                "groups": sorted(b.kernels)} for (n, spec), b in zip(plan, backends) if b.name == "gpu"]
+                "groups": sorted(b.kernels), "graphs": b.graphs} for (n, spec, _), b in zip(plan, backends)
+               if b.name == "gpu"]
     print("gpucnn fused kernels (GPU rows): " + ("; ".join(f"{k['spec']} -> {', '.join(k['groups']) or 'none'}"
+                                                       + (" + CUDA graphs" if k["graphs"] else "")
                                                        for k in kernels) or "- (no GPU)") + "\n")
     result = {"machine": machine, "blas": blas, "threads": args.threads, "optimizer": args.optimizer,
               "torch": getattr(torch, "__version__", None),
@@ -182,8 +185,8 @@ def main(argv=None):
         result["sgemm_peak_flops"], result["profiles"] = peak.flops, []
         for arch in args.archs:
             for batch in args.batch_sizes:
-                for name, spec in plan:
-                    backend = backend_for(name, spec)
+                for case in plan:
+                    backend = backend_for(*case)
                     cases = make_cases(arch, batch, INPUT_SHAPES[arch], backend, None, args.optimizer)
                     case = cases["gpucnn"]
                     rows = profile_step(case.model, case.loss, case.optimizer, backend, case.x, case.y,
@@ -205,9 +208,9 @@ def main(argv=None):
     peaks = {"cpu": peak, "gpu": result["gpu_sgemm_peak_flops"]}
     rows = []
     for arch, batch, schedule, target in case_plan(args):
-        for name, spec in plan:
-            row = run_case(arch, batch, INPUT_SHAPES[arch], backend_for(name, spec), torch, args, clock, peaks,
-                           schedule=schedule)
+        for name, spec, graphs in plan:
+            row = run_case(arch, batch, INPUT_SHAPES[arch], backend_for(name, spec, graphs), torch, args, clock,
+                           peaks, schedule=schedule)
             if row["device"] == "gpu":
                 row["kernels_spec"] = spec
             if args.gpu_targets:
@@ -224,6 +227,8 @@ def main(argv=None):
         print(("\n" if cpu_rows else "") + "GPU rows, each beside PyTorch on CUDA (train ratio > 1: gpucnn faster; "
               "target: the train ratio issue 21 asks for):\n" + gpu_table(gpu_rows))
         print("\n".join(sorted({f"note: {r['torch_note']}" for r in gpu_rows if r["torch_note"]})))
+        print("\n".join(f"note: {r['arch']} batch {r['batch']} ran without CUDA graphs: {r['graph_note']}"
+                        for r in gpu_rows if r.get("graph_note")))
     result["rows"], result["sgemm_peak_flops"] = rows, peak.flops
 
     if not args.no_scaling and (args.plot or not args.quick):
@@ -245,9 +250,10 @@ def main(argv=None):
     return 0
 
 
-def backend_for(name: str, spec):
-    """The backend of one case: the GPU's with the fused-kernel selection ``spec``."""
-    return get_backend(name, kernels=spec) if name == "gpu" else get_backend(name)
+def backend_for(name: str, spec, graphs=None):
+    """The backend of one case: the GPU's with the fused-kernel selection ``spec`` and CUDA
+    graphs on or off (None: $GPUCNN_CUDA_GRAPHS)."""
+    return get_backend(name, kernels=spec, graphs=graphs) if name == "gpu" else get_backend(name)
 
 
 def case_plan(args) -> list:

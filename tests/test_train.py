@@ -33,7 +33,7 @@ def test_auto_device_trains_on_the_gpu_when_one_is_usable(monkeypatch):
     import gpucnn.backend
     from standin import standin_backend
     monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
-    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", lambda cupy, kernels=None: standin_backend(kernels))
+    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", lambda cupy, kernels=None, graphs=None: standin_backend(kernels))
     lines = []
     result = run(TrainConfig(dataset="digits", epochs=1, lr=0.01, verbose=0, limit_train=200), log=lines.append)
     assert TrainConfig().device == "auto"

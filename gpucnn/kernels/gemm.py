@@ -19,15 +19,21 @@ a C-contiguous C = A @ B is computed as the column-major C^T = B^T @ A^T (operan
 F-contiguous C directly as the column-major A @ B; each operand is passed with op N or T and its
 leading dimension according to its own layout, never copied.
 
+While gpucnn.graphs captures a training step into a CUDA graph (:func:`capture_safe`), the
+same calls go through ctypes to the libcublas CuPy loaded (:class:`CapturableCublas`): CuPy's
+binding refuses every cuBLAS call during stream capture, cuBLAS itself does not.
+
 Anything else (NumPy arrays, the tests' stand-in, other dtypes or dimensions, operands or ``out``
 neither C- nor F-contiguous, an empty or too large dimension) goes to ``xp.matmul(a, b, out=out)``.
 ``out`` must not overlap ``a`` or ``b``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
-from ..backend import array_module, cublas_binding
+from ..backend import array_module, cublas_binding, cublas_capture_binding
 
 _ONE = np.ones(1, dtype=np.float32)  # alpha, read by cuBLAS from host memory at the call
 _ZERO = np.zeros(1, dtype=np.float32)  # beta: C is written, not accumulated into
@@ -35,9 +41,65 @@ _ALPHA, _BETA = _ONE.ctypes.data, _ZERO.ctypes.data  # their addresses (the arra
 _INT_MAX = 2**31 - 1  # cuBLAS's m, n, k, ld are C ints
 
 
+# cuBLAS's recommended workspace for Hopper (cuBLAS guide, cublasSetWorkspace): captured GEMMs
+# use it instead of a workspace cuBLAS would allocate during the capture
+WORKSPACE_BYTES = 32 * 2**20
+_WORKSPACES: dict = {}  # cuBLAS handle (one per device) -> uint8 device array, kept for the process's life
+_CAPTURING: dict = {}  # array module -> (CapturableCublas, get_handle) inside capture_safe()
+
+
 def _blas(xp):
-    """(cublas, get_handle) for CuPy arrays, None otherwise (a seam the tests replace)."""
-    return cublas_binding(xp)
+    """(cublas, get_handle) for CuPy arrays, None otherwise (a seam the tests replace):
+    CuPy's binding, or the ctypes one inside :func:`capture_safe`."""
+    return _CAPTURING.get(xp) or cublas_binding(xp)
+
+
+class CapturableCublas:
+    """The calls :func:`matmul` makes of CuPy's binding (``setPointerMode``, ``sgemm`` and their
+    constants), through ctypes on the libcublas CuPy loaded, which stream capture allows. Each
+    sgemm first binds the handle to CuPy's current stream and then to ``workspace`` (in that
+    order: cublasSetStream resets the handle's workspace)."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_POINTER_MODE_HOST = 0, 1, 0  # cublas_api.h
+
+    def __init__(self, library, stream_pointer, workspace):
+        self._library, self._stream_pointer, self._workspace = library, stream_pointer, workspace
+
+    def _check(self, name, status):
+        if status != 0:
+            raise RuntimeError(f"{name} returned cuBLAS status {status} (0 is success)")
+
+    def setPointerMode(self, handle, mode):
+        self._check("cublasSetPointerMode_v2", self._library.cublasSetPointerMode_v2(handle, mode))
+
+    def sgemm(self, handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        library = self._library
+        self._check("cublasSetStream_v2", library.cublasSetStream_v2(handle, self._stream_pointer()))
+        self._check("cublasSetWorkspace_v2", library.cublasSetWorkspace_v2(
+            handle, self._workspace.data.ptr, self._workspace.nbytes))
+        self._check("cublasSgemm_v2", library.cublasSgemm_v2(handle, transa, transb, m, n, k, alpha, a, lda,
+                                                             b, ldb, beta, c, ldc))
+
+
+@contextmanager
+def capture_safe(xp):
+    """Inside the block, :func:`matmul` on ``xp``'s arrays calls cuBLAS through ctypes
+    (:class:`CapturableCublas`), so a stream capture may record it. Enter it before any
+    custom allocator: the workspace it makes the first time must outlive every graph.
+    NumPy and the tests' stand-in: nothing changes."""
+    binding = cublas_capture_binding(xp)
+    if binding is None:
+        yield
+        return
+    library, get_handle, stream_pointer = binding
+    handle = get_handle()  # the current device's: one workspace per device
+    if handle not in _WORKSPACES:
+        _WORKSPACES[handle] = xp.empty(WORKSPACE_BYTES, dtype=np.uint8)  # (bytes,)
+    _CAPTURING[xp] = (CapturableCublas(library, stream_pointer, _WORKSPACES[handle]), get_handle)
+    try:
+        yield
+    finally:
+        _CAPTURING.pop(xp, None)
 
 
 def _layout(x):

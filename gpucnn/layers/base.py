@@ -166,6 +166,11 @@ class Layer:
             self._buffers[name] = buffer
         return buffer
 
+    def release_workspaces(self) -> None:
+        """Drop the private scratch arrays (:meth:`_workspace`); the next step makes them anew
+        (gpucnn.graphs does, so a recorded step's scratch lies in the graph's own memory pool)."""
+        self._buffers = {}
+
     def to(self, backend) -> "Layer":
         """Move parameters and state (and drop cached activations) to ``backend``'s device."""
         for key, value in self.params.items():

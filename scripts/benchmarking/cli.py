@@ -61,6 +61,9 @@ def parse_args(argv, description: str = DESCRIPTION):
                    help="gpucnn's fused-kernel groups on the GPU (get_backend(kernels=SPEC)): all, none, default "
                         f"or a comma-separated list of groups; several: every GPU case once per SPEC. "
                         f"Default: ${KERNELS_ENV}, else the defaults")
+    p.add_argument("--graphs", nargs="+", choices=("off", "on"), metavar="off|on",
+                   help="replay gpucnn's GPU training steps from CUDA graphs (get_backend(graphs=...), "
+                        "gpucnn.graphs); 'off on': every GPU case once each. Default: $GPUCNN_CUDA_GRAPHS, else off")
     p.add_argument("--gpu-targets", action="store_true",
                    help="issue 21's GPU cases: simple and lenet at batch 64 and 1024, conv-bn at 64 and 512, "
                         "vgg at 128 and 512, each beside PyTorch on CUDA with its target ratio; needs a GPU "

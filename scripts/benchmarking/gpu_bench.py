@@ -240,7 +240,7 @@ def gpu_table(rows) -> str:
         fraction = r.get("peak_fraction")
         lines.append(
             f"| {r['arch']} | {'x'.join(map(str, r['input']))} | {r['batch']} | "
-            f"{r.get('kernels_spec') or r.get('kernels') or 'none'} | "
+            f"{r.get('kernels_spec') or r.get('kernels') or 'none'}{' + graphs' if r.get('graphs') else ''} | "
             f"{r['train_img_s']:.0f} | {format_cell(r.get('torch_train_img_s'), '.0f')} | {format_cell(r.get('train_ratio'), '.2f')} | "
             f"{target_met(r)} | {format_cell(fraction and 100 * fraction, '.1f')} | {r['eval_img_s']:.0f} | "
             f"{format_cell(r.get('torch_eval_img_s'), '.0f')} | {format_cell(r.get('eval_ratio'), '.2f')} | "

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from gpucnn.graphs import StepGraph, unavailable
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
 from .gemm_floor import GemmFloorCase
@@ -30,19 +31,28 @@ def make_optimizer(name, model):
 
 
 class GpucnnCase:
+    """gpucnn's step on one fixed batch; replayed from a CUDA graph when the backend has graphs
+    on and the step allows it (gpucnn.graphs; ``graph_note`` says why not otherwise)."""
+
     def __init__(self, model, backend, x, y, optimizer: str):
         self.backend = backend
         self.model = model.to(backend)
         self.optimizer = make_optimizer(optimizer, self.model)
         self.loss = SoftmaxCrossEntropy()
         self.x, self.y = backend.asarray(x), backend.asarray(y)
+        self.graph_note = unavailable(self.model, self.optimizer) if backend.graphs else None
+        self.graph = StepGraph(self.model, self.optimizer, self._step) if backend.graphs and not self.graph_note else None
+
+    def _step(self):
+        self.loss.forward(self.model.forward(self.x), self.y)
+        self.model.backward(self.loss.backward(), need_input_grad=False)
+        self.optimizer.step()
 
     def train_steps(self, steps):
         self.model.train()
+        step = self.graph or self._step
         for _ in range(steps):
-            self.loss.forward(self.model.forward(self.x), self.y)
-            self.model.backward(self.loss.backward(), need_input_grad=False)
-            self.optimizer.step()
+            step()
         self.backend.synchronize()
 
     def eval_steps(self, steps):
@@ -89,6 +99,7 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peaks: dict 
            "torch_device": twin_device, "torch_note": twin_note}
     if gpu:
         row["kernels"] = ",".join(sorted(backend.kernels)) or "none"
+        row["graphs"] = backend.graphs
     for mode in ("train", "eval"):
         speed = measure(cases, mode, batch, steps, warmup, repeats, time.perf_counter if gpu else clock,
                         0.0 if gpu else settle(args))
@@ -107,6 +118,12 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peaks: dict 
             peaks["cpu"].measure(repeats)
         row["peak_fraction"] = peak_fraction(row, peaks)
     row.update(case_memory(cases, backend, torch, steps))
+    graph = cases["gpucnn"].graph
+    if gpu and backend.graphs:  # the graph's private pool holds the step's memory: count it too
+        row["graph_note"] = cases["gpucnn"].graph_note or (graph.reason if graph else None)
+        row["graph_replays"] = graph.replays if graph else 0
+        if graph is not None and row.get("peak_mib") is not None:
+            row["peak_mib"] += graph.pool_bytes() / 2**20
     return row
 
 
@@ -138,7 +155,8 @@ def settle(args) -> float:
 # -- printed forms ----------------------------------------------------------------------------
 def format_row(r):
     size = "x".join(map(str, r["input"]))
-    device = r["device"] + (f" [kernels: {r['kernels']}]" if "kernels" in r else "")
+    device = r["device"] + (f" [kernels: {r['kernels']}{' + graphs' if r.get('graphs') else ''}]"
+                            if "kernels" in r else "")
     parts = [f"{r['arch']:<11} batch {r['batch']:<4} {size:<8} {device}: train {r['train_img_s']:.0f} img/s"]
     if r.get("train_ratio") is not None:
         parts.append(f"(torch {r['torch_train_img_s']:.0f}, x{r['train_ratio']:.2f})")

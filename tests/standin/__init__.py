@@ -27,7 +27,11 @@ package (cupy-cuda12x 14.x, the ``test`` extra installs it):
   ``float()``, ``int()``, ``bool()``, ``.item()``, ``repr``/``str``/``format``), every
   synchronisation (those copies, boolean masks, ``nonzero``, ``synchronize()``), each
   with the gpucnn line it came from; and the work a GPU would do: kernel launches,
-  bytes read and written, FLOPs (tests/standin/work.py).
+  bytes read and written, FLOPs (tests/standin/work.py);
+* CUDA graphs (``xp.cuda``: Stream, get_current_stream, MemoryPool, using_allocator): a
+  capture changes no existing array, each ``graph.launch()`` replays the captured work on
+  the arrays' contents of then, scalars baked in, and counts one launch; transfers, syncs
+  and random draws inside a capture are refused (tests/standin/graphs.py).
 
 Every violation is raised where it happens, names the call and the calling gpucnn
 line, and is also appended to ``FINDINGS``: tests/conftest.py fails any test that
@@ -35,8 +39,8 @@ left a finding behind, even one whose exception was swallowed.
 
 What the stand-in cannot check: timing; the numerics of CuPy's kernels (its
 reductions and cuBLAS sum in other orders: parity with NumPy is checked within
-float32 tolerances on a real GPU only); cuBLAS, memory pools, streams, device
-memory limits; kernel compilation; the random numbers themselves (the stand-in's
+float32 tolerances on a real GPU only); cuBLAS, memory pools, ordering between streams,
+device memory limits; kernel compilation; the random numbers themselves (the stand-in's
 Generator draws NumPy's numbers); and any CuPy behaviour not listed above.
 """
 from __future__ import annotations

@@ -64,6 +64,7 @@ class StandInArray:
     def __init__(self, a: np.ndarray, device):
         self._a = a
         self._dev = device
+        device.streams.track(a)  # a stream capture restores the buffers alive when it began
 
     # -- numpy must not touch device arrays ---------------------------------------------
     def __array__(self, dtype=None, copy=None):

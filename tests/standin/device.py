@@ -8,12 +8,16 @@ wrap around instead of raising, duplicate-index scatters land in another order t
 NumPy's, and ``xp.random`` is a device random module with cupy.random's Generator API.
 Transfers and synchronisations are counted (``counts``, with their gpucnn lines in
 ``sites``), and the work a GPU would do is added up in ``work`` (tests/standin/work.py).
+``cuda`` holds streams and CUDA-graph capture: every operation that writes device memory is
+also handed to ``streams.record``, which keeps it for replay while a stream captures
+(tests/standin/graphs.py).
 """
 from __future__ import annotations
 
 import inspect
 import types
 from collections import Counter
+from functools import partial
 
 import cupy
 import numpy as np
@@ -23,6 +27,7 @@ from .array import StandInArray, c_order as _c_order
 from .cupy_api import (CupyConformanceError, DeviceDisciplineError, NotModeledError, caller_location,
                        check_call, cupy_attribute, cupy_like_strides, cupy_reduction_dtype,
                        cupy_ufunc_result_dtypes, operand_type, violation)
+from .graphs import UNCAPTURABLE, DeviceStreams, StandInCuda
 from .indexing import Indexing
 from .modules import DeviceRandom, Submodule
 from .work import Work, gemm_flops, pad_launches
@@ -46,6 +51,8 @@ class StandInDevice(Indexing):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.sites: Counter = Counter()  # (event, gpucnn line, what) -> count
         self.work = Work()
+        self.streams = DeviceStreams(self)
+        self.cuda = StandInCuda(self.streams)
         self.random = DeviceRandom(self)
         self.linalg = Submodule(self, "cupy.linalg", cupy.linalg, np.linalg)
         self.fft = Submodule(self, "cupy.fft", cupy.fft, np.fft)
@@ -64,6 +71,7 @@ class StandInDevice(Indexing):
         self.sites.clear()
 
     def event(self, name: str, what: str) -> None:
+        self.streams.refuse(what, UNCAPTURABLE[name])
         self.counts[name] += 1
         self.sites[(name, caller_location(), what)] += 1
 
@@ -177,7 +185,8 @@ class StandInDevice(Indexing):
         return function
 
     def call(self, name, numpy_function, args, kwargs, inputs=()):
-        """Run one function or method on the private arrays, as CuPy would."""
+        """Run one function or method on the private arrays, as CuPy would (and record it
+        while a stream captures, unless it only allocates)."""
         if name in ("matmul", "dot") and len(args) >= 2:
             return self.matmul(args[0], args[1], kwargs.get("out"), call=f"cupy.{name}")
         arrays = list(inputs) + self.arrays_in(args, kwargs)
@@ -189,10 +198,11 @@ class StandInDevice(Indexing):
         result = numpy_function(*np_args, **np_kwargs)
         if name in LIKE_FUNCTIONS:
             result = self._like_layout(result, np_args, np_kwargs)
+        replay = partial(self.call, name, numpy_function, args, kwargs, inputs)
         out = kwargs.get("out")
         if out is not None:
             self._account(name, arrays, [out._a], np_args)
-            return out
+            return self.streams.record(replay, out)
         results = [r for r in _as_tuple(result) if isinstance(r, (np.ndarray, np.generic))]
         fresh = [r for r in results if not any(np.may_share_memory(r, a) for a in arrays)]
         if name not in kinds.ORDER_AWARE:  # CuPy allocates every new output C-contiguous
@@ -200,9 +210,11 @@ class StandInDevice(Indexing):
             result = tuple(relaid) if isinstance(result, tuple) else relaid[0]
         if name in kinds.REDUCTIONS and kwargs.get("dtype") is None and arrays and results:
             self._check_reduction_dtype(name, arrays[0].dtype, results[0].dtype)
+        if name in kinds.ALLOCATIONS:  # nothing to replay: a graph's buffers are its capture's
+            return self.wrap(result)
         if fresh or name in kinds.FILLS:
             self._account(name, arrays, fresh, np_args)
-        return self.wrap(result)
+        return self.streams.record(replay, self.wrap(result))
 
     def _account(self, name, inputs, outputs, np_args):
         if name in kinds.ALLOCATIONS:
@@ -245,7 +257,8 @@ class StandInDevice(Indexing):
 
     # -- ufuncs and operators ---------------------------------------------------------------
     def ufunc(self, numpy_ufunc, args, kwargs):
-        """A CuPy ufunc: CuPy's keywords and dtypes, and a C-contiguous result unless out=."""
+        """A CuPy ufunc: CuPy's keywords and dtypes, and a C-contiguous result unless out=
+        (recorded while a stream captures)."""
         call = f"cupy.{numpy_ufunc.__name__}"
         cupy_ufunc = cupy_attribute(cupy, "cupy", numpy_ufunc.__name__)
         check_call(call, cupy_ufunc, tuple(args), kwargs)
@@ -265,12 +278,12 @@ class StandInDevice(Indexing):
             written = self.arrays_in(out)
             self.work.add("elementwise", sum(a.nbytes for a in inputs), sum(a.nbytes for a in written),
                           flops=sum(a.size for a in written))
-            return out
+            return self.streams.record(partial(self.ufunc, numpy_ufunc, args, kwargs), out)
         result = tuple(_c_order(r) for r in result) if isinstance(result, tuple) else _c_order(result)
         outputs = [np.asarray(r) for r in _as_tuple(result)]
         self.work.add("elementwise", sum(a.nbytes for a in inputs), sum(o.nbytes for o in outputs),
                       flops=sum(o.size for o in outputs))
-        return self.wrap(result)
+        return self.streams.record(partial(self.ufunc, numpy_ufunc, args, kwargs), self.wrap(result))
 
     def matmul(self, a, b, out=None, call="cupy.matmul"):
         a_np, b_np = self.unwrap(a), self.unwrap(b)
@@ -279,7 +292,8 @@ class StandInDevice(Indexing):
         result = np.matmul(a_np, b_np, out=None if out is None else out._a)
         flops = gemm_flops(a_np.shape, b_np.shape, result.size, "matmul")
         self.work.add("gemm", a_np.nbytes + b_np.nbytes, result.nbytes, flops)
-        return out if out is not None else self.wrap(_c_order(result))
+        return self.streams.record(partial(self.matmul, a, b, out, call),
+                                   out if out is not None else self.wrap(_c_order(result)))
 
     def _check_reduction_dtype(self, name, in_dtype, got):
         expected = cupy_reduction_dtype(name, in_dtype)
@@ -305,7 +319,7 @@ class StandInDevice(Indexing):
             if name == "fill":
                 arr._a.fill(self.unwrap(args[0]) if args else kwargs["value"])
                 self.work.add("fill", written=arr.nbytes)
-                return None
+                return self.streams.record(partial(method, *args, **kwargs))
             if name in ("matmul", "dot"):
                 return self.matmul(arr, args[0], kwargs.get("out"), call=call)
             return self.call(name, getattr(arr._a, name), args, kwargs, inputs=[arr._a])

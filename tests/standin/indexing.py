@@ -1,7 +1,11 @@
 """Indexing on the stand-in, as CuPy indexes: integer index arrays wrap around instead of
 raising, boolean masks synchronise, duplicate-index scatters land in another order than
-NumPy's last-wins, and ``x[k] += v`` does not copy ``x[k]`` back onto itself."""
+NumPy's last-wins, and ``x[k] += v`` does not copy ``x[k]`` back onto itself. Gathers and
+every write are recorded while a stream captures (tests/standin/graphs.py); views are not:
+they see whatever their buffer holds."""
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -50,6 +54,7 @@ class Indexing:
             result = c_order(result)
             self.work.add("gather", result.nbytes + self._index_bytes(np_key), result.nbytes,
                           launches=self._index_launches(np_key))
+            return self.streams.record(partial(self.getitem, arr, key), StandInArray(result, self))
         return StandInArray(result, self)
 
     @staticmethod
@@ -81,6 +86,7 @@ class Indexing:
                 arr._a[np_key] = np_value
             self.work.add("scatter", read + self._index_bytes(np_key), positions.size * arr.itemsize,
                           launches=self._index_launches(np_key))
+            self.streams.record(partial(self.setitem, arr, key, value))
             return
         target = arr._a[np_key]
         if (isinstance(np_value, np.ndarray) and np_value.shape == target.shape
@@ -89,3 +95,4 @@ class Indexing:
             return  # x[k] += v writes x[k] back onto itself: CuPy skips that copy
         target[...] = np_value
         self.work.add("copy" if read else "fill", read, target.nbytes)
+        self.streams.record(partial(self.setitem, arr, key, value))

@@ -7,9 +7,12 @@ device, C-contiguous, of the pointer's element type; each scalar gets a NumPy sc
 the parameter's exact type (CuPy passes a Python int as 64 bits and a float as a double,
 which a kernel reading ``int`` or ``float`` would misread); grid and block are tuples of
 positive ints, at most 1024 threads a block. Each failure is a CupyConformanceError
-finding naming the kernel and the parameter.
+finding naming the kernel and the parameter. While a stream captures, the launch is also
+recorded: a graph launch runs the twin again on the same arrays (tests/standin/graphs.py).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -82,6 +85,7 @@ def run_kernel(device, kernel, grid, block, args, shared_mem=0):
             host_args.append(value)
     device.work.add(f"kernel {kernel}", read=read, written=written)
     twin(kernel)(*host_args)
+    device.streams.record(partial(run_kernel, device, kernel, grid, block, args, shared_mem))
 
 
 __all__ = ["C_TYPES", "CupyConformanceError", "run_kernel"]

@@ -9,6 +9,7 @@ import numpy as np
 
 from .array import StandInArray
 from .cupy_api import NotModeledError, check_call, cupy_attribute, signature_of
+from .graphs import RANDOM_DRAW
 
 
 class Submodule:
@@ -64,7 +65,8 @@ class DeviceRandom:
 
 class DeviceGenerator:
     """A ``cupy.random.Generator``: its methods and signatures, arrays made on the device
-    (the numbers come from NumPy's generator: the same seed gives other numbers on CuPy)."""
+    (the numbers come from NumPy's generator: the same seed gives other numbers on CuPy).
+    No draw while a stream captures (tests/standin/graphs.py)."""
 
     def __init__(self, device: StandInDevice, host_generator: np.random.Generator):
         self._dev, self._rng = device, host_generator
@@ -78,6 +80,7 @@ class DeviceGenerator:
 
         def draw(*args, **kwargs):
             check_call(call, cupy_method, args, kwargs)
+            device.streams.refuse(call, RANDOM_DRAW)
             arguments = dict(signature_of(cupy_method).bind(*args, **kwargs).arguments)
             dtype, out = arguments.pop("dtype", None), arguments.pop("out", None)
             arguments = device.unwrap(arguments)

@@ -1,0 +1,189 @@
+"""CUDA graphs for the training step (gpucnn.graphs): which steps are graphed, and that a
+replayed step trains exactly as the eager one does.
+
+Devices: the CuPy stand-in (its graphs record every operation during capture and replay them
+on the same arrays with the captured scalars, executing nothing while recording:
+tests/standin/graphs.py) and a real GPU when present (run by .ci/gpu).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import _CUPY, BACKENDS, make_backend
+from gpucnn.kernel_groups import select as select_kernels
+from gpucnn.graphs import MAX_CAPTURES, GraphFallbackWarning, unavailable
+from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from gpucnn.loops import train_epoch
+from gpucnn.model import Sequential
+from gpucnn.optim import SGD, Adam
+from gpucnn.schedules import make_schedule
+from gpucnn.zoo import build_model
+from standin import expect_findings
+
+BATCH, IMAGES = 16, 3 * 16 + 5  # three full batches and a partial one per epoch
+GRAPH_KINDS = [BACKENDS[1], BACKENDS[3]]  # the stand-in, a real GPU
+
+
+def conv_bn(rng):
+    """The benchmark's conv-BN net, narrower: conv-BN-ReLU-pool twice, global pool, dense."""
+    return Sequential([Conv2D(1, 8, 3, padding="same", rng=rng), BatchNorm2D(8), ReLU(), MaxPool2D(2),
+                       Conv2D(8, 16, 3, padding="same", rng=rng), BatchNorm2D(16), ReLU(), MaxPool2D(2),
+                       GlobalAvgPool2D(), Dense(16, 10, rng=rng)])
+
+
+def make_model(arch):
+    rng = np.random.default_rng(0)
+    return conv_bn(rng) if arch == "conv-bn" else build_model(arch, (1, 28, 28), 10, rng)
+
+
+def graph_backend(kind, graphs=True):
+    backend = make_backend(kind, "all")
+    backend.graphs = graphs
+    return backend
+
+
+@pytest.fixture(autouse=True)
+def default_kernels_afterwards():
+    """A real GPU's kernel selection is process-wide: back to the defaults after each test."""
+    yield
+    if _CUPY is not None:
+        select_kernels(_CUPY, "default")
+
+
+def train(kind, arch, graphs, epochs=2, schedule=None, lr=0.05):
+    """Train ``epochs`` epochs on fixed random data; returns (host parameters, per-epoch
+    (losses, correct), the optimizer's step count, the step's graph or None)."""
+    backend = graph_backend(kind, graphs)
+    model = make_model(arch).to(backend)
+    optimizer = SGD(model, lr, momentum=0.9, weight_decay=1e-4)
+    sched = None if schedule is None else make_schedule(schedule, optimizer, total_steps=4 * epochs)
+    data = np.random.default_rng(1)
+    x = backend.asarray(data.integers(0, 256, (IMAGES, 1, 28, 28)).astype(np.uint8))
+    y = backend.asarray(data.integers(0, 10, IMAGES))
+    order = np.random.default_rng(2)
+    epochs_out = []
+    for _ in range(epochs):
+        losses, _, correct = train_epoch(model, optimizer, x, y, BATCH, order, schedule=sched)
+        epochs_out.append((losses, correct))
+    params = {k: backend.to_numpy(layer.params[n]) for k, layer, n in model.named_parameters()}
+    state = {f"{i}.{n}": backend.to_numpy(v) for i, layer in enumerate(model.layers) for n, v in layer.state.items()}
+    from gpucnn.graphs import _TRAIN_STEPS  # the step train_epoch graphed, if any
+    step = _TRAIN_STEPS.get(optimizer)
+    return {**params, **state}, epochs_out, optimizer.steps, (step.graph if step is not None else None)
+
+
+def assert_same_training(graphed, eager, exact):
+    (p_graph, e_graph, steps_graph, _), (p_eager, e_eager, steps_eager, _) = graphed, eager
+    assert steps_graph == steps_eager
+    check = np.testing.assert_array_equal if exact else (
+        lambda a, b, err_msg="": np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=err_msg))
+    for (losses_g, correct_g), (losses_e, correct_e) in zip(e_graph, e_eager):
+        check(losses_g, losses_e)
+        assert correct_g == correct_e
+    for name in p_eager:
+        check(p_graph[name], p_eager[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+@pytest.mark.parametrize("arch", ["simple", "lenet", "conv-bn"])
+def test_a_graphed_step_trains_as_the_eager_step(kind, arch):
+    """Two epochs of three full batches (one recording, then replays) and a partial batch
+    (eager): the same losses, hits, weights and running statistics as without graphs.
+    The stand-in runs the same operations in both: equal bit for bit. A GPU's captured
+    matrix multiplies use gpucnn's cuBLAS workspace: equal within 1e-4."""
+    graphed, eager = train(kind, arch, True), train(kind, arch, False)
+    graph = graphed[3]
+    assert graph is not None and graph.reason is None, graph and graph.reason
+    assert graph.captures == 1 and graph.replays == 2 * 3 - 1  # the first full batch was the warm-up
+    assert eager[3] is None
+    assert_same_training(graphed, eager, exact=kind == "standin")
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+def test_a_step_schedule_records_again_when_the_rate_changes(kind):
+    """A step schedule changes the rate twice in 8 steps: the graph is recorded again for each
+    new rate (the rate is baked into the optimizer's launch), and trains as without graphs."""
+    graphed, eager = train(kind, "simple", True, schedule="step"), train(kind, "simple", False, schedule="step")
+    graph = graphed[3]
+    assert graph.reason is None and graph.captures == 3  # rates r0, r1 (epoch 2), r2
+    assert_same_training(graphed, eager, exact=kind == "standin")
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+def test_a_rate_that_changes_every_step_turns_graphs_off(kind):
+    """Cosine changes the rate every step: after MAX_CAPTURES recordings the step stays eager,
+    saying why, and the training is unchanged."""
+    graphed = train(kind, "simple", True, epochs=3, schedule="cosine")
+    eager = train(kind, "simple", False, epochs=3, schedule="cosine")
+    graph = graphed[3]
+    assert graph.captures == MAX_CAPTURES and "changed" in graph.reason
+    assert_same_training(graphed, eager, exact=kind == "standin")
+
+
+def test_the_steady_step_is_three_launches():
+    """Copy the batch's indices in, launch the graph, copy its loss out: 3 launches per step,
+    against 16 eager with every kernel (tests/test_kernels_launch_counts.py). Stand-in."""
+    backend = graph_backend("standin")
+    model = make_model("simple").to(backend)
+    optimizer = SGD(model, 0.05, momentum=0.9)
+    data = np.random.default_rng(1)
+    counts = {}
+    for batches in (2, 5):
+        x = backend.asarray(data.integers(0, 256, (BATCH * batches, 1, 28, 28)).astype(np.uint8))
+        y = backend.asarray(data.integers(0, 10, BATCH * batches))
+        train_epoch(model, optimizer, x, y, BATCH, np.random.default_rng(2))  # records for these arrays
+        before = backend.xp.work.launches
+        train_epoch(model, optimizer, x, y, BATCH, np.random.default_rng(2))  # replays only
+        counts[batches] = backend.xp.work.launches - before
+    assert (counts[5] - counts[2]) / 3 == 3
+
+
+def test_a_recording_that_fails_warns_and_trains_eagerly(monkeypatch):
+    """A step that reads the device while being recorded (CUDA forbids it) ends the recording;
+    graphs turn off with a GraphFallbackWarning naming the cause, and training goes on as
+    without graphs. Stand-in."""
+    import gpucnn.graphs as graphs
+
+    original = graphs.TrainStepGraph._step
+
+    def reading_step(self):
+        original(self)
+        float(self.loss[0])  # a download: refused during capture
+
+    eager = train("standin", "simple", False)
+    monkeypatch.setattr(graphs.TrainStepGraph, "_step", reading_step)
+    with expect_findings() as found, pytest.warns(GraphFallbackWarning, match="recording the step failed"):
+        graphed = train("standin", "simple", True)
+    assert len(found) == 1 and "capture" in str(found[0])
+    assert graphed[3].captures == 1 and "recording the step failed" in graphed[3].reason
+    assert_same_training(graphed, eager, exact=True)
+
+
+def test_why_a_step_is_not_graphed():
+    """unavailable() names the reason for each step gpucnn leaves eager. Stand-in and NumPy."""
+    def model_on(backend, layers=None):
+        return (Sequential(layers) if layers else make_model("simple")).to(backend)
+
+    on = graph_backend("standin")
+    model = model_on(on)
+    assert unavailable(model, SGD(model, 0.1)) is None
+    assert "off" in unavailable(model_on(graph_backend("standin", False)), SGD(model, 0.1))
+    cpu = make_backend("cpu")
+    cpu.graphs = True
+    assert "GPU backend" in unavailable(model_on(cpu), SGD(model, 0.1))
+    generic = make_backend("standin", "none")
+    generic.graphs = True
+    assert "kernel groups ['gemm', 'optimizer']" in unavailable(model_on(generic), SGD(model, 0.1))
+    no_bn = make_backend("standin", "gemm,optimizer")
+    no_bn.graphs = True
+    bn_model = conv_bn(np.random.default_rng(0)).to(no_bn)
+    assert "['batchnorm']" in unavailable(bn_model, SGD(bn_model, 0.1))
+    dropout = model_on(on, [Flatten(), Dropout(0.5, rng=np.random.default_rng(0)), Dense(784, 10)])
+    assert "Dropout" in unavailable(dropout, SGD(dropout, 0.1))
+    assert "augmentation" in unavailable(model, SGD(model, 0.1), augment=lambda xb, rng: xb)
+    assert "bias correction" in unavailable(model, Adam(model, 1e-3))
+
+    class TwoRanks:
+        size = 2
+    assert "distributed" in unavailable(model, SGD(model, 0.1), comm=TwoRanks())
