@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import _CUPY, BACKENDS, make_backend
+from conftest import _CUPY, _NEEDS_GPU, BACKENDS, make_backend
 from gpucnn.kernel_groups import select as select_kernels
 from gpucnn.graphs import MAX_CAPTURES, GraphFallbackWarning, unavailable
 from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
@@ -187,3 +187,38 @@ def test_why_a_step_is_not_graphed():
     class TwoRanks:
         size = 2
     assert "distributed" in unavailable(model, SGD(model, 0.1), comm=TwoRanks())
+
+
+def _captured_ops(cupy):
+    """(name, setup -> operation) of every kind of CuPy call a graphed step makes."""
+    def f32(*shape):
+        return cupy.asarray(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    return {
+        "elementwise": lambda: (lambda a: lambda: a * 2 + 1)(f32(64, 10)),
+        "fill": lambda: (lambda a: lambda: a.fill(1))(f32(64)),
+        "slice copy": lambda: (lambda a, b: lambda: a.__setitem__(slice(None), b))(f32(64), f32(64)),
+        "concatenate": lambda: (lambda w, b: lambda: cupy.concatenate([w, b[:, None]], axis=1))(f32(8, 9), f32(8)),
+        "sum over an axis": lambda: (lambda a: lambda: a.sum(axis=0))(f32(64, 10)),
+        "contiguous copy": lambda: (lambda a: lambda: cupy.ascontiguousarray(a.T))(f32(64, 10)),
+        "argmax": lambda: (lambda a: lambda: a.argmax(axis=1))(f32(64, 10)),
+    }
+
+
+@_NEEDS_GPU
+@pytest.mark.parametrize("name", list(_captured_ops(_CUPY)))
+def test_each_kind_of_call_a_step_makes_records_on_the_gpu(name):
+    """A diagnosis for a failing recording on a GPU: each kind of CuPy call alone, recorded with
+    allocations from a private pool on a non-blocking stream, as gpucnn.graphs records."""
+    cupy = _CUPY
+    operation = _captured_ops(cupy)[name]()
+    cupy.cuda.Stream.null.synchronize()
+    stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+    with cupy.cuda.using_allocator(pool.malloc), stream:
+        operation()  # warm-up
+        stream.begin_capture()
+        try:
+            operation()
+        finally:
+            graph = stream.end_capture()
+    graph.launch()
+    cupy.cuda.Stream.null.synchronize()
