@@ -19,7 +19,9 @@ How. :class:`StepGraph` runs a step function in three ways:
 What a graph bakes in, and how each stays valid:
 
 * scalars (learning rate, momentum): the graph's key holds the optimizer's
-  hyperparameters; a schedule that changes the rate makes the next call record again;
+  hyperparameters (Adam's per-step bias corrections are read from a device table instead,
+  gpucnn.kernels.optim.BiasCorrections); a schedule that changes the rate makes the next call
+  record again;
   after ``MAX_CAPTURES`` recordings the step stays eager (a per-step schedule such as
   cosine or a warm-up changes the rate every step: eager is then faster);
 * addresses: the key holds the identity of every parameter, state and optimizer buffer
@@ -33,8 +35,7 @@ What a graph bakes in, and how each stays valid:
   is why the ``gemm`` kernel group is required.
 
 Not graphed (eager, as without graphs): Dropout and augmentation (a graph would replay one
-random mask), optimizers that compute per-step scalars on the host (Adam's bias
-correction), distributed training, BatchNorm without its fused kernels (it replaces its
+random mask), distributed training, BatchNorm without its fused kernels (it replaces its
 running statistics), the CPU. Turned on by ``get_backend("gpu", graphs=True)`` or
 ``GPUCNN_CUDA_GRAPHS=1``; off by default until a `.ci/gpu` run has checked it on a GPU.
 """
@@ -82,7 +83,7 @@ def unavailable(model, optimizer, augment=None, comm=None) -> str | None:
     if comm is not None and comm.size > 1:
         return "distributed training averages the gradients between backward and the update"
     if not getattr(optimizer, "capturable", False):
-        return f"{type(optimizer).__name__} computes per-step scalars on the host (bias correction)"
+        return f"{type(optimizer).__name__} computes per-step scalars on the host"
     return None
 
 
@@ -120,7 +121,7 @@ class StepGraph:
         owners = [owner for layer in self.model.layers for owner in (layer.params, layer.state)]
         arrays = tuple(id(a) for owner in owners + list(optimizer.state.values()) for a in owner.values())
         hyper = tuple(getattr(optimizer, name) for name in optimizer.HYPER)
-        return arrays, hyper, self.model.training, self.extra_key()
+        return arrays, hyper, optimizer.graph_key(), self.model.training, self.extra_key()
 
     def __call__(self) -> None:
         if self.graph is not None and self.key() == self._key:
@@ -161,6 +162,7 @@ class StepGraph:
         with capture_safe(xp), xp.cuda.using_allocator(pool.malloc), stream:
             stream.wait_event(caller.record())  # after the caller's queued work
             self.step()  # the warm-up: this call's step
+            self.optimizer.before_recording()  # e.g. Adam's table of bias corrections, uploaded now
             key, kept, steps = self.key(), _persistent(self.model, self.optimizer), self.optimizer.steps
             graph, failure = None, None
             stream.begin_capture()

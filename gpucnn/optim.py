@@ -17,7 +17,7 @@ import numpy as np
 
 from . import kernels
 from .backend import array_module, to_host
-from .kernels.optim import TensorTable, adam_update, sgd_update
+from .kernels.optim import BiasCorrections, TensorTable, adam_update, sgd_update
 
 
 def _is_number(value) -> bool:
@@ -125,6 +125,14 @@ class Optimizer:
         (gpucnn.graphs does this before recording a step, so the table lies in the graph's pool)."""
         self._table = TensorTable()
 
+    # -- CUDA graphs (gpucnn.graphs) ---------------------------------------------------------
+    def graph_key(self) -> tuple:
+        """What else a recorded step bakes in besides the hyperparameters and the buffers."""
+        return ()
+
+    def before_recording(self) -> None:
+        """Make now (the recording may not upload) what the next step will read on the device."""
+
     def _buffer(self, key, name, like):
         """The named state buffer of one parameter, created as zeros on first use."""
         per_param = self.state.setdefault(key, {})
@@ -196,6 +204,10 @@ class Optimizer:
         self._configure(hyper)
         self.steps = int(state["steps"])
         self.state = buffers
+        self._steps_moved()
+
+    def _steps_moved(self) -> None:
+        """The step count changed without the device (load_state_dict)."""
 
 
 class SGD(Optimizer):
@@ -257,9 +269,27 @@ class Adam(Optimizer):
 
     HYPER = ("lr", "betas", "eps", "weight_decay")
     _decoupled = False  # AdamW: weight decay applied to w directly, not through g
+    # with CUDA graphs on, the fused update reads its bias corrections from a device table
+    # (gpucnn.kernels.optim.BiasCorrections) instead of taking them as per-step scalars
+    capturable = True
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self._corrections = None  # BiasCorrections while steps may be replayed from a graph
+
+    def graph_key(self) -> tuple:
+        """The correction table a recorded step reads, and whether it holds the next step."""
+        table = self._corrections
+        return (None,) if table is None else (id(table.rows), table.covers(self.steps + 1))
+
+    def before_recording(self) -> None:
+        if self.model.backend.graphs:
+            if self._corrections is None:
+                self._corrections = BiasCorrections()
+            self._corrections.ready(self.model.backend.xp, self.lr, self.betas, self.steps + 1)
+
+    def _steps_moved(self) -> None:
+        self._corrections = None  # its device position no longer matches: a new table
 
     def _check(self, hyper):
         super()._check(hyper)
@@ -275,6 +305,7 @@ class Adam(Optimizer):
         hyper["betas"], hyper["eps"] = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self, key, param, grad):
+        self._corrections = None  # this path does not move the table's device position
         xp, t = array_module(param), param.dtype.type
         beta1, beta2 = self.betas
         if self.weight_decay:
@@ -301,9 +332,12 @@ class Adam(Optimizer):
         param -= scratch
 
     def _multi_update(self, keys, weights, grads):
+        if self.model.backend.graphs and self._corrections is None:
+            self._corrections = BiasCorrections()
         adam_update(self._table, weights, grads, self._buffers(keys, "m", weights),
                     self._buffers(keys, "v", weights), self.lr, self.betas, self.eps,
-                    self.weight_decay, self._decoupled, self.steps)
+                    self.weight_decay, self._decoupled, self.steps,
+                    self._corrections if self.model.backend.graphs else None)
 
 
 class AdamW(Adam):

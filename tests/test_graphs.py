@@ -182,7 +182,11 @@ def test_why_a_step_is_not_graphed():
     dropout = model_on(on, [Flatten(), Dropout(0.5, rng=np.random.default_rng(0)), Dense(784, 10)])
     assert "Dropout" in unavailable(dropout, SGD(dropout, 0.1))
     assert "augmentation" in unavailable(model, SGD(model, 0.1), augment=lambda xb, rng: xb)
-    assert "bias correction" in unavailable(model, Adam(model, 1e-3))
+    assert unavailable(model, Adam(model, 1e-3)) is None  # its bias corrections: a device table
+
+    class HostScalars(SGD):
+        capturable = False
+    assert "per-step scalars on the host" in unavailable(model, HostScalars(model, 0.1))
 
     class TwoRanks:
         size = 2
@@ -222,3 +226,58 @@ def test_each_kind_of_call_a_step_makes_records_on_the_gpu(name):
             graph = stream.end_capture()
     graph.launch()
     cupy.cuda.Stream.null.synchronize()
+
+
+def train_adam(kind, graphs, epochs=2, weight_decay=0.0, decoupled=False):
+    """As :func:`train`, with Adam (AdamW when ``decoupled``)."""
+    from gpucnn.optim import AdamW
+    backend = graph_backend(kind, graphs)
+    model = make_model("lenet").to(backend)
+    optimizer = (AdamW if decoupled else Adam)(model, 1e-3, weight_decay=weight_decay)
+    data = np.random.default_rng(1)
+    x = backend.asarray(data.integers(0, 256, (IMAGES, 1, 28, 28)).astype(np.uint8))
+    y = backend.asarray(data.integers(0, 10, IMAGES))
+    order = np.random.default_rng(2)
+    losses = [train_epoch(model, optimizer, x, y, BATCH, order)[0] for _ in range(epochs)]
+    params = {k: backend.to_numpy(layer.params[n]) for k, layer, n in model.named_parameters()}
+    from gpucnn.graphs import _TRAIN_STEPS
+    step = _TRAIN_STEPS.get(optimizer)
+    return params, losses, optimizer, (step.graph if step is not None else None)
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+@pytest.mark.parametrize("variant", ["adam", "adam-l2", "adamw"])
+def test_adam_replays_with_its_bias_corrections_read_on_the_device(kind, variant):
+    """Adam's bias corrections change every step: replayed steps read them from the device
+    table (one recording serves every step), and the weights equal the eager Adam's (the
+    stand-in: bit for bit; a GPU: within 1e-4, its recorded products use gpucnn's workspace)."""
+    options = {"adam": {}, "adam-l2": {"weight_decay": 1e-2}, "adamw": {"weight_decay": 1e-2, "decoupled": True}}
+    (p_graph, l_graph, opt_graph, graph), (p_eager, l_eager, opt_eager, _) = (
+        train_adam(kind, True, **options[variant]), train_adam(kind, False, **options[variant]))
+    assert graph.reason is None and graph.captures == 1 and graph.replays == 5
+    assert opt_graph.steps == opt_eager.steps == 8
+    check = np.testing.assert_array_equal if kind == "standin" else (
+        lambda a, b, err_msg="": np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=err_msg))
+    for name in p_eager:
+        check(p_graph[name], p_eager[name], err_msg=name)
+    for a, b in zip(l_graph, l_eager):
+        check(a, b)
+
+
+def test_the_correction_table_is_the_host_scalars_and_moves_on():
+    """BiasCorrections holds the scalars adam_update passes, bit for bit, for ROWS steps from
+    the one asked; a step outside, or another rate, uploads a new table. Stand-in."""
+    from gpucnn.kernels.optim import BiasCorrections, _bias_corrections
+    backend = make_backend("standin", "all")
+    table = BiasCorrections()
+    rows, position = table.ready(backend.xp, 1e-3, (0.9, 0.999), 5)
+    host = backend.to_numpy(rows).reshape(-1, 2)
+    assert host.shape == (BiasCorrections.ROWS, 2) and int(backend.to_numpy(position)[0]) == 0
+    for step in (5, 6, 5 + BiasCorrections.ROWS - 1):
+        assert tuple(host[step - 5]) == _bias_corrections(1e-3, (0.9, 0.999), step)
+    assert table.ready(backend.xp, 1e-3, (0.9, 0.999), 6)[0] is rows
+    assert table.ready(backend.xp, 1e-3, (0.9, 0.999), 5 + BiasCorrections.ROWS)[0] is not rows
+    assert table.first == 5 + BiasCorrections.ROWS
+    before = table.rows
+    assert table.ready(backend.xp, 2e-3, (0.9, 0.999), table.first)[0] is not before  # another rate
+    assert table.settings == (2e-3, (0.9, 0.999))

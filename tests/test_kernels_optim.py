@@ -18,7 +18,7 @@ import pytest
 
 from gpucnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, SoftmaxCrossEntropy
 from gpucnn.backend import get_backend
-from gpucnn.kernels.optim import CHUNK, TensorTable, adam_update, grad_layout, sgd_update
+from gpucnn.kernels.optim import CHUNK, BiasCorrections, TensorTable, adam_update, grad_layout, sgd_update
 from gpucnn.optim import SGD, Adam, AdamW
 from standin import standin_backend
 
@@ -123,6 +123,31 @@ def test_launcher_on_device_equals_launcher_on_numpy(config, kernel_backend):
         results.append([backend.to_numpy(a) for a in ws + state[0] + state[1]])
     for found, expected in zip(results[1], results[0]):
         np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("config", ["adam-wd", "adamw-wd"])
+def test_adam_with_device_corrections_equals_adam_with_host_scalars(config, kernel_backend):
+    """optim.adam_multi_table (bias corrections read from a BiasCorrections table, for CUDA
+    graphs) against optim.adam_multi (host scalars), three steps from step 5, on NumPy (the
+    twins) and on the device: all four equal bit for bit; the table's position moved 3 rows."""
+    params, grads = host_data(3)
+    results = []
+    for backend in (get_backend("cpu"), kernel_backend):
+        for corrections in (None, BiasCorrections()):
+            xp = backend.xp
+            ws = [backend.asarray(v.copy()) for v in params.values()]
+            state = [[xp.zeros_like(w) for w in ws] for _ in range(2)]
+            table = TensorTable()
+            for steps, g in enumerate(grads[:3], start=5):
+                gs = [backend.asarray(v.copy()) for v in g.values()]
+                adam_update(table, ws, gs, state[0], state[1], 0.01, (0.8, 0.99), 1e-6, 0.1,
+                            config == "adamw-wd", steps, corrections)
+            if corrections is not None:
+                assert corrections.first == 5 and int(backend.to_numpy(corrections.position)[0]) == 3
+            results.append([backend.to_numpy(a) for a in ws + state[0] + state[1]])
+    for found in results[1:]:
+        for a, b in zip(found, results[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_grad_layouts_the_kernel_reads():

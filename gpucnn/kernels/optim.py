@@ -145,22 +145,61 @@ def sgd_update(table, params, grads, velocities, lr, momentum, weight_decay, nes
               (np.float32(lr), np.float32(momentum), np.float32(weight_decay), np.int32(bool(nesterov))))
 
 
-def adam_update(table, params, grads, ms, vs, lr, betas, eps, weight_decay, decoupled, steps):
+def _bias_corrections(lr, betas, step) -> tuple[np.float32, np.float32]:
+    """(step_size, correction2_sqrt) of Adam's step ``step``: in double on the host, cast once."""
+    beta1, beta2 = betas
+    return np.float32(lr / (1.0 - beta1 ** step)), np.float32(math.sqrt(1.0 - beta2 ** step))
+
+
+class BiasCorrections:
+    """Adam's bias corrections on the device, for steps replayed from a CUDA graph (whose
+    scalars are fixed): ``rows`` (2 * ROWS,) float32 holds (step_size, correction2_sqrt) of steps
+    ``first`` .. ``first + ROWS - 1``, the numbers :func:`adam_update` passes as scalars, and
+    ``position`` (1,) int64 the row of the next step, which ``optim.advance`` moves after each
+    update. Made on the host with Python's float power, so equal to the scalars bit for bit."""
+
+    ROWS = 1024
+
+    def __init__(self):
+        self.first = self.settings = self.rows = self.position = None
+
+    def covers(self, step: int) -> bool:
+        return self.first is not None and self.first <= step < self.first + self.ROWS
+
+    def ready(self, xp, lr, betas, step):
+        """(rows, position) for ``step``: uploaded anew (two small copies) when the table does not
+        hold it or ``lr``/``betas`` changed. The caller keeps the device position in step."""
+        if not self.covers(step) or self.settings != (lr, betas):
+            host = np.array([_bias_corrections(lr, betas, t) for t in range(step, step + self.ROWS)],
+                            dtype=np.float32).reshape(-1)  # (2 * ROWS,) step_size, correction2_sqrt per step
+            self.rows, self.position = xp.asarray(host), xp.zeros(1, dtype=np.int64)
+            self.first, self.settings = step, (lr, betas)
+        return self.rows, self.position
+
+
+def adam_update(table, params, grads, ms, vs, lr, betas, eps, weight_decay, decoupled, steps,
+                corrections=None):
     """Every ``params[i]`` takes one Adam (AdamW when ``decoupled``) step in place, in one launch
     (gpucnn.optim.Adam's formulas; ``steps`` counts this step). ms, vs: the moment buffers,
     updated in place; arrays as :func:`sgd_update` takes them. Bias corrections in double on
-    the host, cast to float32 once, as the per-tensor code does."""
+    the host, cast to float32 once, as the per-tensor code does; with ``corrections`` (a
+    :class:`BiasCorrections`) the kernel reads them on the device and one more launch moves
+    its position, so a CUDA graph can replay the step."""
     xp = array_module(params[0])
     grads, layouts = _readable(xp, grads)
     *tables, first_item = table.views(xp, [params, ms, vs], layouts)
     beta1, beta2 = betas
     mode = (2 if decoupled else 1) if weight_decay else 0
-    step_size = lr / (1.0 - beta1 ** steps)
-    correction2_sqrt = math.sqrt(1.0 - beta2 ** steps)
-    _launches("optim.adam_multi", tables, first_item, grads,
-              (np.int32(mode), np.float32(weight_decay), np.float32(1.0 - lr * weight_decay),
-               np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
-               np.float32(correction2_sqrt), np.float32(eps), np.float32(step_size)))
+    fixed = (np.int32(mode), np.float32(weight_decay), np.float32(1.0 - lr * weight_decay),
+             np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2))
+    if corrections is None:
+        step_size, correction2_sqrt = _bias_corrections(lr, betas, steps)
+        _launches("optim.adam_multi", tables, first_item, grads,
+                  (*fixed, correction2_sqrt, np.float32(eps), step_size))
+        return
+    rows, position = corrections.ready(xp, lr, betas, steps)
+    _launches("optim.adam_multi_table", tables, first_item, grads, (*fixed, rows, position, np.float32(eps)))
+    launch("optim.advance", (1,), (1,), (position,))
 
 
 # -- the NumPy twins: the kernels' work items, one at a time, through the same addresses ---------
@@ -243,3 +282,23 @@ def adam_multi(params, m, v, sizes, grad_layout, block_tensor, block_start, bloc
         np.divide(mt, scratch, out=scratch)
         scratch *= step_size
         w -= scratch
+
+
+def adam_multi_table(params, m, v, sizes, grad_layout, block_tensor, block_start, block_begin, block_end,
+                     first_tensor, chunk, decay_mode, weight_decay, decay_factor, beta1, one_minus_beta1,
+                     beta2, one_minus_beta2, corrections, position, eps,
+                     g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13, g14, g15,
+                     g16, g17, g18, g19, g20, g21, g22, g23, g24, g25, g26, g27, g28, g29, g30, g31):
+    """Twin of ``optim.adam_multi_table``: :func:`adam_multi` with the corrections of row
+    ``position[0]`` of ``corrections``."""
+    p = int(position[0])
+    adam_multi(params, m, v, sizes, grad_layout, block_tensor, block_start, block_begin, block_end,
+               first_tensor, chunk, decay_mode, weight_decay, decay_factor, beta1, one_minus_beta1,
+               beta2, one_minus_beta2, corrections[2 * p + 1], eps, corrections[2 * p],
+               g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13, g14, g15,
+               g16, g17, g18, g19, g20, g21, g22, g23, g24, g25, g26, g27, g28, g29, g30, g31)
+
+
+def advance(position):
+    """Twin of ``optim.advance``: the next step's row."""
+    position[0] += 1

@@ -91,35 +91,26 @@ extern "C" __global__ void sgd_multi(const unsigned long long* __restrict__ para
     }
 }
 
-extern "C" __global__ void adam_multi(const unsigned long long* __restrict__ params,
-                                      const unsigned long long* __restrict__ m,
-                                      const unsigned long long* __restrict__ v,
-                                      const unsigned long long* __restrict__ sizes,
-                                      const unsigned long long* __restrict__ grad_layout,
-                                      const unsigned long long* __restrict__ block_tensor,
-                                      const unsigned long long* __restrict__ block_start,
-                                      long long block_begin, long long block_end, long long first_tensor,
-                                      long long chunk, int decay_mode, float weight_decay,
-                                      float decay_factor, float beta1, float one_minus_beta1, float beta2,
-                                      float one_minus_beta2, float correction2_sqrt, float eps,
-                                      float step_size,
-        unsigned long long g0, unsigned long long g1, unsigned long long g2,
-        unsigned long long g3, unsigned long long g4, unsigned long long g5,
-        unsigned long long g6, unsigned long long g7, unsigned long long g8,
-        unsigned long long g9, unsigned long long g10, unsigned long long g11,
-        unsigned long long g12, unsigned long long g13, unsigned long long g14,
-        unsigned long long g15, unsigned long long g16, unsigned long long g17,
-        unsigned long long g18, unsigned long long g19, unsigned long long g20,
-        unsigned long long g21, unsigned long long g22, unsigned long long g23,
-        unsigned long long g24, unsigned long long g25, unsigned long long g26,
-        unsigned long long g27, unsigned long long g28, unsigned long long g29,
-        unsigned long long g30, unsigned long long g31) {
+// Adam (AdamW) over work items [block_begin, block_end): the body of adam_multi and
+// adam_multi_table, which differ only in where the two bias corrections come from.
+__device__ __forceinline__ void adam_items(const unsigned long long* __restrict__ params,
+                                           const unsigned long long* __restrict__ m,
+                                           const unsigned long long* __restrict__ v,
+                                           const unsigned long long* __restrict__ sizes,
+                                           const unsigned long long* __restrict__ grad_layout,
+                                           const unsigned long long* __restrict__ block_tensor,
+                                           const unsigned long long* __restrict__ block_start,
+                                           long long block_begin, long long block_end,
+                                           long long first_tensor, long long chunk, int decay_mode,
+                                           float weight_decay, float decay_factor, float beta1,
+                                           float one_minus_beta1, float beta2, float one_minus_beta2,
+                                           float correction2_sqrt, float eps, float step_size,
+                                           const unsigned long long* gradients) {
     // decay_mode 1 (Adam's L2): g = grad + weight_decay * w; 2 (AdamW): w = w * decay_factor
     // (decay_factor = 1 - lr * weight_decay, from the host in double); 0: neither.
     // m = m * beta1 + (1 - beta1) * g; v = v * beta2 + (g * g) * (1 - beta2);
     // w = w - (m / (sqrt(v) / correction2_sqrt + eps)) * step_size
     // (step_size = lr / (1 - beta1^t), correction2_sqrt = sqrt(1 - beta2^t): host, double, cast once).
-    GRADIENTS;
     for (long long b = block_begin + blockIdx.x; b < block_end; b += gridDim.x) {
         const long long t = (long long)block_tensor[b];
         const long long start = (long long)block_start[b];
@@ -146,4 +137,73 @@ extern "C" __global__ void adam_multi(const unsigned long long* __restrict__ par
             w[i] = __fsub_rn(p, __fmul_rn(__fdiv_rn(mi, denom), step_size));
         }
     }
+}
+
+extern "C" __global__ void adam_multi(const unsigned long long* __restrict__ params,
+                                      const unsigned long long* __restrict__ m,
+                                      const unsigned long long* __restrict__ v,
+                                      const unsigned long long* __restrict__ sizes,
+                                      const unsigned long long* __restrict__ grad_layout,
+                                      const unsigned long long* __restrict__ block_tensor,
+                                      const unsigned long long* __restrict__ block_start,
+                                      long long block_begin, long long block_end, long long first_tensor,
+                                      long long chunk, int decay_mode, float weight_decay,
+                                      float decay_factor, float beta1, float one_minus_beta1, float beta2,
+                                      float one_minus_beta2, float correction2_sqrt, float eps,
+                                      float step_size,
+        unsigned long long g0, unsigned long long g1, unsigned long long g2,
+        unsigned long long g3, unsigned long long g4, unsigned long long g5,
+        unsigned long long g6, unsigned long long g7, unsigned long long g8,
+        unsigned long long g9, unsigned long long g10, unsigned long long g11,
+        unsigned long long g12, unsigned long long g13, unsigned long long g14,
+        unsigned long long g15, unsigned long long g16, unsigned long long g17,
+        unsigned long long g18, unsigned long long g19, unsigned long long g20,
+        unsigned long long g21, unsigned long long g22, unsigned long long g23,
+        unsigned long long g24, unsigned long long g25, unsigned long long g26,
+        unsigned long long g27, unsigned long long g28, unsigned long long g29,
+        unsigned long long g30, unsigned long long g31) {
+    GRADIENTS;
+    adam_items(params, m, v, sizes, grad_layout, block_tensor, block_start, block_begin, block_end,
+               first_tensor, chunk, decay_mode, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, correction2_sqrt, eps, step_size, gradients);
+}
+
+// adam_multi with the bias corrections read on the device, for a step replayed from a CUDA
+// graph (gpucnn/graphs.py), whose scalars are fixed: step p = position[0] of a table uploaded by
+// gpucnn/kernels/optim.py uses corrections[2p] = step_size and corrections[2p + 1] =
+// correction2_sqrt, the same float32 numbers the host passes adam_multi; advance() then moves p.
+extern "C" __global__ void adam_multi_table(const unsigned long long* __restrict__ params,
+                                            const unsigned long long* __restrict__ m,
+                                            const unsigned long long* __restrict__ v,
+                                            const unsigned long long* __restrict__ sizes,
+                                            const unsigned long long* __restrict__ grad_layout,
+                                            const unsigned long long* __restrict__ block_tensor,
+                                            const unsigned long long* __restrict__ block_start,
+                                            long long block_begin, long long block_end,
+                                            long long first_tensor, long long chunk, int decay_mode,
+                                            float weight_decay, float decay_factor, float beta1,
+                                            float one_minus_beta1, float beta2, float one_minus_beta2,
+                                            const float* __restrict__ corrections,
+                                            const long long* __restrict__ position, float eps,
+        unsigned long long g0, unsigned long long g1, unsigned long long g2,
+        unsigned long long g3, unsigned long long g4, unsigned long long g5,
+        unsigned long long g6, unsigned long long g7, unsigned long long g8,
+        unsigned long long g9, unsigned long long g10, unsigned long long g11,
+        unsigned long long g12, unsigned long long g13, unsigned long long g14,
+        unsigned long long g15, unsigned long long g16, unsigned long long g17,
+        unsigned long long g18, unsigned long long g19, unsigned long long g20,
+        unsigned long long g21, unsigned long long g22, unsigned long long g23,
+        unsigned long long g24, unsigned long long g25, unsigned long long g26,
+        unsigned long long g27, unsigned long long g28, unsigned long long g29,
+        unsigned long long g30, unsigned long long g31) {
+    GRADIENTS;
+    const long long p = position[0];
+    adam_items(params, m, v, sizes, grad_layout, block_tensor, block_start, block_begin, block_end,
+               first_tensor, chunk, decay_mode, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, corrections[2 * p + 1], eps, corrections[2 * p], gradients);
+}
+
+// position[0] += 1: the next step's row of adam_multi_table's corrections (one thread).
+extern "C" __global__ void advance(long long* position) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) position[0] += 1;
 }
