@@ -281,3 +281,40 @@ def test_the_correction_table_is_the_host_scalars_and_moves_on():
     before = table.rows
     assert table.ready(backend.xp, 2e-3, (0.9, 0.999), table.first)[0] is not before  # another rate
     assert table.settings == (2e-3, (0.9, 0.999))
+
+
+@pytest.mark.parametrize("flags", [{}, {"optimizer": "momentum", "lr": 0.05}], ids=["adam", "momentum"])
+def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
+    """scripts/train.py's run (fit, validation and the held-out test in evaluation mode between
+    the graph's replays) with GPUCNN_CUDA_GRAPHS=1 on the stand-in: it says graphs are on and
+    gives the same history and test accuracy as the run without them."""
+    import gpucnn.backend
+    from gpucnn.train import TrainConfig, run
+    from standin import standin_backend
+
+    made = []
+
+    def gpu_backend(cupy, kernels=None, graphs=None):
+        backend = standin_backend(kernels)
+        backend.graphs = gpucnn.backend.graphs_selected(graphs)
+        made.append(backend)
+        return backend
+
+    monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
+    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", gpu_backend)
+    runs = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", graphs)
+        lines = []
+        runs[graphs] = run(TrainConfig(dataset="digits", device="gpu", epochs=2, verbose=0, limit_train=200,
+                                       batch_size=32, **flags), log=lines.append), lines
+    (plain, plain_log), (graphed, graphed_log) = runs["0"], runs["1"]
+    assert "CUDA graphs: on (full batches replay one recorded step)" in graphed_log
+    train_images = int(next(line for line in graphed_log if line.startswith("data: ")).split()[2])
+    launches = [backend.xp.work.by_kind["graph launch"] for backend in made]
+    assert launches == [0, 2 * (train_images // 32) - 1]  # every full batch but the first, the warm-up
+    assert not any(line.startswith("CUDA graphs") for line in plain_log)
+    assert graphed["test_acc"] == plain["test_acc"]
+    for epoch_graphed, epoch_plain in zip(graphed["history"], plain["history"]):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert epoch_graphed[key] == epoch_plain[key], key
