@@ -58,6 +58,25 @@ def test_a_gpu_row_beside_torch_without_cuda_has_null_ratios_and_the_memory_keys
     json.dumps(row)  # the JSON holds the keys, with null
 
 
+def test_a_gpu_row_with_cuda_graphs_replays_the_step_and_says_so():
+    """--graphs on: the row's training replays the recorded step (the stand-in's graphs), the
+    tables mark it; without the kernel groups graphs need, the row says why it ran eagerly."""
+    args = benchmark.parse_args(["--quick"])
+    cpu_peak = SgemmPeak()
+    cpu_peak.measure(1)
+    rows = {}
+    for kernels in ("all", "none"):
+        backend = standin_backend(kernels=kernels)
+        backend.graphs = True
+        rows[kernels] = bench_rows.run_case("simple", 2, benchmark.INPUT_SHAPES["simple"], backend, NO_CUDA_TORCH,
+                                            args, time.perf_counter, {"cpu": cpu_peak, "gpu": 50e12})
+    graphed, eager = rows["all"], rows["none"]
+    assert graphed["graphs"] and graphed["graph_note"] is None and graphed["graph_replays"] > 0
+    assert "+ graphs]" in bench_rows.format_row(graphed) and " + graphs |" in gpu_bench.gpu_table([graphed])
+    assert eager["graph_replays"] == 0 and "kernel groups ['gemm', 'optimizer']" in eager["graph_note"]
+    assert benchmark.parse_args(["--graphs", "off", "on"]).graphs == ["off", "on"]
+
+
 def test_a_gpu_row_beside_the_installed_torch():
     """With CUDA in torch (a GPU machine) the twin runs there and the row has ratios and both
     sides' memory; without it, the row says so. The same code path either way."""
