@@ -58,6 +58,17 @@ def test_every_conv_of_a_device_uses_one_columns_buffer(monkeypatch):
     assert held.size == (2 * 9 + 1) * 8 * 8 * 2  # the larger of the two layers' columns
 
 
+def test_the_column_gradients_reuse_the_columns_memory(monkeypatch):
+    """Backward writes W^T dy into the shared columns (dead once the weight gradient is taken):
+    one buffer per device for both, not two. Stand-in."""
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
+    backend = standin_backend(kernels="im2col")
+    model = two_convs(3).to(backend)
+    model.forward(backend.asarray(np.ones((2, 2, 8, 8), np.float32)))
+    model.backward(backend.asarray(np.ones((2, 3, 3, 4), np.float32)))
+    assert list(scratch._BUFFERS[backend.xp]) == ["conv columns"]
+
+
 def test_rebuilding_costs_two_launches_in_backward(monkeypatch):
     def launches(threshold):
         monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)

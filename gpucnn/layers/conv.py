@@ -225,7 +225,8 @@ class Conv2D(Layer):
         weight = self.params["weight"]
         xp = array_module(dy_blocks)
 
-        if isinstance(cols, _Rebuild):  # shared columns: rebuilt from the kept input
+        shared = isinstance(cols, _Rebuild)
+        if shared:  # shared columns: rebuilt from the kept input
             cols = self._shared_columns(cols.x, cols.shape, out_h, out_w, blocks)  # (C_in*kh*kw + 1, OH*OW*N)
         dy_2d = dy_blocks.reshape(c_out, -1)  # (C_out, OH*OW*N), columns in cols' order
         # rows 0..k-1 of cols @ dy_2d.T are the weight gradient (transposed), row k (the ones
@@ -237,8 +238,9 @@ class Conv2D(Layer):
         if not need_input_grad:
             return None
         kh, kw = self.kernel_size
-        if self._fused(cols, xp) and k * cols.shape[1] * cols.itemsize > SHARED_MIN_BYTES:
-            dcols = shared_scratch(xp, "conv column gradients", (k, cols.shape[1]), cols.dtype)
+        if shared:  # into the columns' own memory: they are dead once the product above has read
+            # them (kernels on one stream run in order), which halves a large layer's scratch
+            dcols = shared_scratch(xp, "conv columns", (k, cols.shape[1]), cols.dtype)  # (C_in*kh*kw, OH*OW*N)
         else:
             dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)  # (C_in*kh*kw, OH*OW*N)
         xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)

@@ -8,7 +8,8 @@ the order they were queued (CuPy's one stream), so one buffer per purpose can se
 layer in turn: a layer's columns are consumed by its matrix multiply before the next
 layer's im2col overwrites them. Conv2D uses a shared buffer where its columns pass
 SHARED_MIN_BYTES (then it keeps its input instead and rebuilds the columns in backward,
-one more launch); smaller ones stay private, so small batches pay nothing.
+one more launch, and writes their gradient into the same buffer once the weight gradient
+has read them); smaller ones stay private, so small batches pay nothing.
 """
 from __future__ import annotations
 
