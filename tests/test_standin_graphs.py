@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpucnn import kernels
+from gpucnn.kernels import gemm
 from gpucnn.data import load_digits
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD
@@ -91,19 +92,30 @@ def test_python_scalars_are_baked_in_at_capture_and_views_see_the_replayed_numbe
 
 
 def test_a_captured_sgd_step_replays_exactly_as_eager_steps():
-    """gpucnn's own forward, loss, backward and optimizer update (the fused kernels, the
-    multi-tensor update through its address table, and the generic CuPy code)."""
-    for selection in ("all", "none"):
-        eager, graphed = (_sgd_setup(selection) for _ in range(2))
-        for setup in (eager, graphed):
-            _sgd_step(*setup)  # the first step uploads the optimizer's table: never in a capture
+    """gpucnn's own forward, loss, backward and optimizer update (the fused kernels and the
+    multi-tensor update through its address table), its products through gemm.matmul inside
+    gemm.capture_safe, as gpucnn.graphs records them."""
+    eager, graphed = (_sgd_setup("all") for _ in range(2))
+    for setup in (eager, graphed):
+        _sgd_step(*setup)  # the first step uploads the optimizer's table: never in a capture
+    with gemm.capture_safe(graphed[0].xp):
         graph = captured(graphed[0], lambda: _sgd_step(*graphed))
-        for _ in range(3):
-            _sgd_step(*eager)
-            graph.launch()
-        for (key, layer, name), (_, twin, _) in zip(eager[1].named_parameters(), graphed[1].named_parameters()):
-            np.testing.assert_array_equal(graphed[0].to_numpy(twin.params[name]),
-                                          eager[0].to_numpy(layer.params[name]), err_msg=f"{selection} {key}")
+    for _ in range(3):
+        _sgd_step(*eager)
+        graph.launch()
+    for (key, layer, name), (_, twin, _) in zip(eager[1].named_parameters(), graphed[1].named_parameters()):
+        np.testing.assert_array_equal(graphed[0].to_numpy(twin.params[name]),
+                                      eager[0].to_numpy(layer.params[name]), err_msg=key)
+
+
+def test_cupys_own_matmul_is_refused_in_a_capture():
+    """CuPy's matmul (the generic code: no "gemm" group) calls cuBLAS through CuPy's binding,
+    which refuses every call while a stream captures: so does the stand-in's."""
+    setup = _sgd_setup("none")
+    _sgd_step(*setup)
+    with expect_findings() as found, pytest.raises(CupyConformanceError, match="cuBLAS API during stream capture"):
+        captured(setup[0], lambda: _sgd_step(*setup))
+    assert len(found) == 1 and "cupy.matmul" in str(found[0])
 
 
 def _sgd_setup(selection):

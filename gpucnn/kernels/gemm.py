@@ -29,11 +29,13 @@ neither C- nor F-contiguous, an empty or too large dimension) goes to ``xp.matmu
 """
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 
 import numpy as np
 
 from ..backend import array_module, cublas_binding, cublas_capture_binding
+from ..kernel_groups import active
 
 _ONE = np.ones(1, dtype=np.float32)  # alpha, read by cuBLAS from host memory at the call
 _ZERO = np.zeros(1, dtype=np.float32)  # beta: C is written, not accumulated into
@@ -100,6 +102,14 @@ def capture_safe(xp):
         yield
     finally:
         _CAPTURING.pop(xp, None)
+
+
+def matmul_for(x):
+    """The matrix multiply a layer uses for arrays like x: :func:`matmul` (cuBLAS directly)
+    when the "gemm" kernel group is active for x's device, else the ``@`` operator (NumPy's
+    BLAS, CuPy's matmul). Dense and Conv2D take every product from it."""
+    xp = array_module(x)
+    return matmul if xp is not np and active("gemm", xp) else operator.matmul
 
 
 def _layout(x):

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
 from .. import kernels
 from ..backend import array_module
+from ..kernels.gemm import matmul_for
 from ..kernels.im2col import col2im_nchw, im2col_into
 from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
 from .init import init_weight
@@ -186,7 +188,7 @@ class Conv2D(Layer):
                        blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
         weight_and_bias = xp.concatenate([weight.reshape(self.out_channels, k), bias[:, None]],
                                          axis=1)  # (C_out, C_in*kh*kw + 1)
-        y = weight_and_bias @ cols  # (C_out, OH*OW*N), columns in im2col's order for blocks
+        y = matmul_for(x)(weight_and_bias, cols)  # (C_out, OH*OW*N), columns in im2col's order for blocks
         # the columns, or (for shared ones) the input they are rebuilt from
         kept = _Rebuild(x, columns) if shared else cols
         self._cache = (kept, padded_hw, (n, self.out_channels, out_h, out_w), tuple(blocks))
@@ -231,7 +233,8 @@ class Conv2D(Layer):
         dy_2d = dy_blocks.reshape(c_out, -1)  # (C_out, OH*OW*N), columns in cols' order
         # rows 0..k-1 of cols @ dy_2d.T are the weight gradient (transposed), row k (the ones
         # row) the bias gradient: sum(dy) per output channel
-        grads = cols @ dy_2d.T  # (C_in*kh*kw + 1, C_out)
+        matmul = matmul_for(dy_blocks)  # cuBLAS directly with the "gemm" group (CUDA graphs need it)
+        grads = matmul(cols, dy_2d.T)  # (C_in*kh*kw + 1, C_out)
         k = cols.shape[0] - 1
         self.grads["weight"] = grads[:k].T.reshape(weight.shape)  # (C_out, C_in, kh, kw), a view of grads
         self.grads["bias"] = grads[k]  # (C_out,)
@@ -243,7 +246,8 @@ class Conv2D(Layer):
             dcols = shared_scratch(xp, "conv columns", (k, cols.shape[1]), cols.dtype)  # (C_in*kh*kw, OH*OW*N)
         else:
             dcols = self._workspace("dcols", (k, cols.shape[1]), cols.dtype, xp)  # (C_in*kh*kw, OH*OW*N)
-        xp.matmul(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
+        into = xp.matmul if matmul is operator.matmul else matmul  # (the @ operator takes no out=)
+        into(weight.reshape(c_out, -1).T, dy_2d, out=dcols)  # (C_in*kh*kw, OH*OW*N)
         top, bottom, left, right = self.pads
         h, w = padded_hw[0] - top - bottom, padded_hw[1] - left - right
         if self._fused(dcols, xp):  # one launch, a gather: no fill, no padding to slice off

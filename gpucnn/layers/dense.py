@@ -6,7 +6,6 @@ import operator
 import numpy as np
 
 from ..backend import array_module
-from ..kernel_groups import active
 from ..kernels import gemm
 from .base import Layer, check_dtype, check_positive_int, check_rng
 from .init import init_weight
@@ -56,7 +55,7 @@ class Dense(Layer):
         self._check_floating(x, self.dtype)
         self.output_shape(x.shape)
         self._cache = x
-        y = _matmul(x)(x, self.params["weight"])  # (N, out_features)
+        y = gemm.matmul_for(x)(x, self.params["weight"])  # (N, out_features)
         y += self.params["bias"]  # in place: no second (N, out_features) array
         return y
 
@@ -64,19 +63,12 @@ class Dense(Layer):
         """dy (N, out_features) -> dx (N, in_features); fills grads."""
         x = self._cached()
         self._check_dy(dy, (x.shape[0], self.out_features))
-        matmul = _matmul(x)
+        matmul = gemm.matmul_for(x)
         self.grads["weight"] = matmul(x.T, dy)  # (in_features, out_features)
         self.grads["bias"] = dy.sum(axis=0)  # (out_features,)
         if not need_input_grad:
             return None
         return input_gradient(x, self.params["weight"], dy, matmul)
-
-
-def _matmul(x):
-    """The matrix multiply for arrays like x: cuBLAS directly (gpucnn.kernels.gemm) when the
-    "gemm" kernel group is active for x's device, else the ``@`` operator (NumPy's BLAS)."""
-    xp = array_module(x)
-    return gemm.matmul if xp is not np and active("gemm", xp) else operator.matmul
 
 
 def input_gradient(x, weight, dy, matmul=operator.matmul):

@@ -27,7 +27,7 @@ from .array import StandInArray, c_order as _c_order
 from .cupy_api import (CupyConformanceError, DeviceDisciplineError, NotModeledError, caller_location,
                        check_call, cupy_attribute, cupy_like_strides, cupy_reduction_dtype,
                        cupy_ufunc_result_dtypes, operand_type, violation)
-from .graphs import UNCAPTURABLE, DeviceStreams, StandInCuda
+from .graphs import CUPY_CUBLAS, UNCAPTURABLE, DeviceStreams, StandInCuda
 from .indexing import Indexing
 from .modules import DeviceRandom, Submodule
 from .work import Work, gemm_flops, pad_launches
@@ -35,6 +35,7 @@ from .work import Work, gemm_flops, pad_launches
 COUNTERS = ("to_device", "to_host", "syncs", "duplicate_scatters")
 DOWNLOAD_METHODS = frozenset({"get", "item", "tolist", "tobytes"})
 LIKE_FUNCTIONS = frozenset({"empty_like", "zeros_like", "ones_like", "full_like"})
+GEMM_MODULE = "gpucnn/kernels/gemm.py:"  # caller_location() of gemm.matmul's product
 
 
 def _as_tuple(value):
@@ -286,6 +287,8 @@ class StandInDevice(Indexing):
         return self.streams.record(partial(self.ufunc, numpy_ufunc, args, kwargs), self.wrap(result))
 
     def matmul(self, a, b, out=None, call="cupy.matmul"):
+        if self.streams.recording and not caller_location().startswith(GEMM_MODULE):
+            self.streams.refuse(call, CUPY_CUBLAS)  # gemm.matmul's product stands for its ctypes cuBLAS call
         a_np, b_np = self.unwrap(a), self.unwrap(b)
         if not isinstance(a, StandInArray) or not isinstance(b, StandInArray):
             raise self.discipline(call, f"{call} needs two device arrays")

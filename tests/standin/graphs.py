@@ -50,6 +50,9 @@ UNCAPTURABLE = {
     "syncs": "it waits for the device, which runs nothing while a stream captures "
              "(cudaErrorStreamCaptureUnsupported)",
 }
+CUPY_CUBLAS = ("CuPy's cuBLAS binding raises 'calling cuBLAS API during stream capture is currently "
+               "unsupported' (CuPy 14); multiply with gpucnn.kernels.gemm.matmul inside "
+               "gemm.capture_safe(), which calls cuBLAS through ctypes")
 RANDOM_DRAW = ("a graph replays the draw with the arguments baked in at capture, and what it draws "
                "then depends on the generator's device state, which the stand-in does not model; "
                "draw outside the captured work")
@@ -124,6 +127,11 @@ class DeviceStreams:
                                 "another stream during a capture; issue it inside `with stream:`")
             capture.entries.append((replay, result))
         return result
+
+    @property
+    def recording(self) -> bool:
+        """Whether a stream captures now."""
+        return self._capture is not None
 
     def refuse(self, call: str, why: str) -> None:
         """Raise (and record) a conformance error when a stream captures: ``call`` cannot be."""
