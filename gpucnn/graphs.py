@@ -42,7 +42,6 @@ running statistics), the CPU. Turned on by ``get_backend("gpu", graphs=True)`` o
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import numpy as np
 
@@ -226,15 +225,13 @@ def _loss_settings(loss_fn) -> tuple:
     return type(loss_fn), getattr(loss_fn, "label_smoothing", None)
 
 
-_TRAIN_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # optimizer -> TrainStepGraph
-
-
 def train_step_graph(model, optimizer, loss_fn, x, y, batch: int, augment=None, comm=None):
-    """The :class:`TrainStepGraph` for these arguments (kept between epochs, so one recording
-    serves every epoch), or None when :func:`unavailable` gives a reason."""
+    """The :class:`TrainStepGraph` for these arguments, kept as ``optimizer.graph_step`` between
+    epochs (one recording serves every epoch; it goes with the optimizer), or None when
+    :func:`unavailable` gives a reason."""
     if unavailable(model, optimizer, augment, comm) is not None:
         return None
-    step = _TRAIN_STEPS.get(optimizer)
+    step = optimizer.graph_step
     if step is None or not step.matches(model, optimizer, loss_fn, x, y, batch):
-        step = _TRAIN_STEPS[optimizer] = TrainStepGraph(model, optimizer, loss_fn, x, y, batch)
+        step = optimizer.graph_step = TrainStepGraph(model, optimizer, loss_fn, x, y, batch)
     return step

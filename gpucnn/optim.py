@@ -45,6 +45,7 @@ class Optimizer:
         self.state: dict[str, dict] = {}  # parameter key -> {"buffer name": device array}
         self.steps = 0
         self._table = TensorTable()  # the multi-tensor launch's device table (fused path only)
+        self.graph_step = None  # gpucnn.graphs' recorded training step with this optimizer, if any
         self._configure(hyper)
 
     # -- hyperparameters ---------------------------------------------------------------

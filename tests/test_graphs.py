@@ -68,8 +68,7 @@ def train(kind, arch, graphs, epochs=2, schedule=None, lr=0.05):
         epochs_out.append((losses, correct))
     params = {k: backend.to_numpy(layer.params[n]) for k, layer, n in model.named_parameters()}
     state = {f"{i}.{n}": backend.to_numpy(v) for i, layer in enumerate(model.layers) for n, v in layer.state.items()}
-    from gpucnn.graphs import _TRAIN_STEPS  # the step train_epoch graphed, if any
-    step = _TRAIN_STEPS.get(optimizer)
+    step = optimizer.graph_step  # the step train_epoch graphed, if any
     return {**params, **state}, epochs_out, optimizer.steps, (step.graph if step is not None else None)
 
 
@@ -240,8 +239,7 @@ def train_adam(kind, graphs, epochs=2, weight_decay=0.0, decoupled=False):
     order = np.random.default_rng(2)
     losses = [train_epoch(model, optimizer, x, y, BATCH, order)[0] for _ in range(epochs)]
     params = {k: backend.to_numpy(layer.params[n]) for k, layer, n in model.named_parameters()}
-    from gpucnn.graphs import _TRAIN_STEPS
-    step = _TRAIN_STEPS.get(optimizer)
+    step = optimizer.graph_step
     return params, losses, optimizer, (step.graph if step is not None else None)
 
 
@@ -318,3 +316,21 @@ def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
     for epoch_graphed, epoch_plain in zip(graphed["history"], plain["history"]):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert epoch_graphed[key] == epoch_plain[key], key
+
+
+def test_a_recorded_step_goes_with_its_optimizer():
+    """The recorded step (and the graph's memory pool) lives on the optimizer: dropping the
+    model and optimizer frees it. Stand-in."""
+    import gc
+    import weakref
+    backend = graph_backend("standin")
+    model = make_model("simple").to(backend)
+    optimizer = SGD(model, 0.05)
+    x = backend.asarray(np.zeros((2 * BATCH, 1, 28, 28), np.uint8))
+    y = backend.asarray(np.zeros(2 * BATCH, np.int64))
+    train_epoch(model, optimizer, x, y, BATCH, np.random.default_rng(0))
+    step = weakref.ref(optimizer.graph_step)
+    assert step() is not None and step().graph.captures == 1
+    del model, optimizer
+    gc.collect()
+    assert step() is None
