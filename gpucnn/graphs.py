@@ -160,25 +160,19 @@ class StepGraph:
         self.captures += 1
         with capture_safe(xp), xp.cuda.using_allocator(pool.malloc), stream:
             stream.wait_event(caller.record())  # after the caller's queued work
-            self.step()  # the warm-up: this call's step
-            self.optimizer.before_recording()  # e.g. Adam's table of bias corrections, uploaded now
-            key, kept, steps = self.key(), _persistent(self.model, self.optimizer), self.optimizer.steps
-            graph, failure = None, None
-            stream.begin_capture()
             try:
-                self.step()  # recorded, not executed
-            except Exception as exc:  # noqa: BLE001  (reported below; the step itself already ran)
-                failure = exc
-            finally:
+                self.step()  # the warm-up: this call's step
+                self.optimizer.before_recording()  # e.g. Adam's table of bias corrections, uploaded now
+                key, kept, steps = self.key(), _persistent(self.model, self.optimizer), self.optimizer.steps
                 try:
-                    graph = stream.end_capture()
-                except Exception as exc:  # noqa: BLE001
-                    failure = failure or exc
-                self.optimizer.steps = steps  # the recording's step() counted a step nobody ran
-                replaced = [(owner, name) for owner, name, array in kept if owner.get(name) is not array]
-                for owner, name, array in kept:
-                    owner[name] = array  # recorded arrays hold nothing: the warm-up's do
-        caller.wait_event(stream.record())  # the caller's next work after the warm-up
+                    graph, failure = self._capture(stream)
+                finally:  # also on Ctrl-C: the model keeps the warm-up's arrays, never recorded ones
+                    self.optimizer.steps = steps  # the recording's step() counted a step nobody ran
+                    replaced = [(owner, name) for owner, name, array in kept if owner.get(name) is not array]
+                    for owner, name, array in kept:
+                        owner[name] = array  # recorded arrays hold nothing: the warm-up's do
+            finally:
+                caller.wait_event(stream.record())  # the caller's next work (a checkpoint too) after the warm-up
         if failure is not None:
             self._give_up(f"recording the step failed ({type(failure).__name__}: {failure})")
             warnings.warn(f"CUDA graphs: {self.reason}; training goes on without them",
@@ -187,6 +181,25 @@ class StepGraph:
             self._give_up(f"the step replaces arrays instead of updating them in place: {replaced[:3]}")
         else:
             self.graph, self._pool, self._key = graph, pool, key
+
+    def _capture(self, stream) -> tuple:
+        """(graph, None), or (None, the first exception) when recording the step failed; the
+        stream is out of capture mode either way."""
+        try:
+            stream.begin_capture()
+        except Exception as exc:  # noqa: BLE001  (reported by the caller; the step already ran)
+            return None, exc
+        graph = failure = None
+        try:
+            self.step()  # recorded, not executed
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+        finally:
+            try:
+                graph = stream.end_capture()
+            except Exception as exc:  # noqa: BLE001  (after a failed step: the capture is invalid)
+                failure = failure or exc
+        return (None, failure) if failure is not None else (graph, None)
 
 
 class TrainStepGraph:

@@ -334,3 +334,36 @@ def test_a_recorded_step_goes_with_its_optimizer():
     del model, optimizer
     gc.collect()
     assert step() is None
+
+
+def test_ctrl_c_while_recording_leaves_the_warm_up_step_in_the_model(monkeypatch):
+    """A KeyboardInterrupt during the recording (after the warm-up ran the batch) propagates;
+    the stream leaves capture mode and the model holds the warm-up's weights, the same as one
+    eager step's, so a checkpoint saved then is right. Stand-in."""
+    import gpucnn.graphs as graphs
+    original, calls = graphs.TrainStepGraph._step, []
+
+    def interrupted_step(self):
+        calls.append(1)
+        original(self)
+        if len(calls) == 2:  # the recording
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(graphs.TrainStepGraph, "_step", interrupted_step)
+    results = {}
+    for graphs_on in (True, False):
+        backend = graph_backend("standin", graphs_on)
+        model = make_model("lenet").to(backend)
+        optimizer = SGD(model, 0.05, momentum=0.9)
+        data = np.random.default_rng(1)
+        x = backend.asarray(data.integers(0, 256, (BATCH, 1, 28, 28)).astype(np.uint8))
+        y = backend.asarray(data.integers(0, 10, BATCH))
+        if graphs_on:
+            with pytest.raises(KeyboardInterrupt):
+                train_epoch(model, optimizer, x, y, BATCH, np.random.default_rng(2))
+            assert not optimizer.graph_step.graph._stream.is_capturing() and optimizer.steps == 1
+        else:
+            train_epoch(model, optimizer, x, y, BATCH, np.random.default_rng(2))
+        results[graphs_on] = {k: backend.to_numpy(layer.params[n]) for k, layer, n in model.named_parameters()}
+    for name in results[False]:
+        np.testing.assert_array_equal(results[True][name], results[False][name], err_msg=name)
