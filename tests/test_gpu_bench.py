@@ -51,7 +51,8 @@ def test_a_gpu_row_beside_torch_without_cuda_has_null_ratios_and_the_memory_keys
     assert row["device"] == "gpu" and row["kernels"] == "none" and row["train_img_s"] > 0
     assert row["train_ratio"] is None and row["eval_ratio"] is None and row["torch_train_img_s"] is None
     assert row["torch_device"] is None and "no usable CUDA" in row["torch_note"]
-    assert {"peak_mib", "torch_peak_mib", "torch_reserved_mib"} <= set(row)  # None: the stand-in has no pool
+    assert {"peak_mib", "live_peak_mib", "torch_peak_mib", "torch_reserved_mib"} <= set(row)  # None: no pool here
+    assert row["live_peak_mib"] is None
     assert row["peak_fraction"] == pytest.approx(row["train_flops_per_image"] * row["train_img_s"] / 50e12)
     assert "no PyTorch twin" in bench_rows.format_row(row)
     assert "| simple | 1x28x28 | 2 | none |" in gpu_bench.gpu_table([row])
@@ -132,11 +133,12 @@ def test_gpu_targets_preset_runs_issue_21s_eight_cases():
 def test_the_target_column_says_met_or_missed():
     row = {"arch": "simple", "input": [1, 28, 28], "batch": 64, "kernels_spec": "all", "train_img_s": 9e4,
            "torch_train_img_s": 3e4, "train_ratio": 3.0, "target": 2.0, "peak_fraction": 0.01,
-           "eval_img_s": 1e5, "torch_eval_img_s": 5e4, "eval_ratio": 2.0, "peak_mib": 40.0, "torch_peak_mib": 30.0}
+           "eval_img_s": 1e5, "torch_eval_img_s": 5e4, "eval_ratio": 2.0, "peak_mib": 40.0, "torch_peak_mib": 30.0,
+           "live_peak_mib": 25.0, "torch_reserved_mib": 44.0}
     table = gpu_bench.gpu_table([row, dict(row, train_ratio=1.5), dict(row, train_ratio=None), dict(row, target=None)])
     lines = table.splitlines()[2:]
     assert "| >= 2.0 met |" in lines[0] and "| >= 2.0 MISSED |" in lines[1]
-    assert "(no ratio)" in lines[2] and "| 3.00 | - |" in lines[3] and "| 40 / 30 |" in lines[0]
+    assert "(no ratio)" in lines[2] and "| 3.00 | - |" in lines[3] and "| 25 / 40; 30 / 44 |" in lines[0]
 
 
 @pytest.mark.skipif(gpu_status()[0] is not None, reason="a GPU is present: the preset would run")
@@ -224,3 +226,16 @@ def test_each_case_starts_without_an_earlier_cases_shared_scratch(monkeypatch):
     assert scratch._BUFFERS.get(backend.xp)
     gpu_bench.free_device_memory(backend)
     assert not scratch._BUFFERS.get(backend.xp)
+
+
+@pytest.mark.skipif(gpu_status()[0] is None, reason=f"needs a CUDA GPU: {gpu_status()[1]}")
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def test_a_real_gpu_row_counts_the_live_bytes_within_the_pool(graphs):
+    """On a GPU: the memory hook's live peak is positive and at most the pool's bytes (the pool
+    also keeps freed blocks), with and without CUDA graphs."""
+    from gpucnn.backend import get_backend
+    args = benchmark.parse_args(["--quick"])
+    backend = get_backend("gpu", kernels="all", graphs=graphs)
+    row = bench_rows.run_case("simple", 64, benchmark.INPUT_SHAPES["simple"], backend, None, args,
+                              time.perf_counter, None)
+    assert 0 < row["live_peak_mib"] <= row["peak_mib"] + 1e-6, row

@@ -202,6 +202,37 @@ def device_peak_mib(backend) -> float | None:
     return None if held is None else held / 2**20
 
 
+def live_peak_mib(backend, case, steps: int = 3) -> float | None:
+    """The most bytes gpucnn's arrays held at once (MiB) over ``steps`` more training steps of
+    ``case`` (rows.GpucnnCase): what torch.cuda.max_memory_allocated counts for PyTorch, where
+    :func:`device_peak_mib` (the pool) also counts freed blocks the pool keeps. Counted by a
+    CuPy memory hook from the bytes in use when it starts; a recorded step (gpucnn.graphs)
+    counts its whole private pool, which its replays use. None off a real GPU."""
+    if not is_real_gpu(backend):
+        return None
+    cupy = backend.xp
+
+    class LiveBytes(cupy.cuda.MemoryHook):
+        name = "gpucnn_live_bytes"
+
+        def __init__(self, live):
+            self.live = self.peak = live
+
+        def malloc_postprocess(self, **kwargs):
+            self.live += kwargs["mem_size"]
+            self.peak = max(self.peak, self.live)
+
+        def free_postprocess(self, **kwargs):
+            self.live -= kwargs["mem_size"]
+
+    backend.synchronize()
+    graph = getattr(case, "graph", None)
+    hook = LiveBytes(cupy.get_default_memory_pool().used_bytes() + (graph.pool_bytes() if graph else 0))
+    with hook:
+        case.train_steps(steps)
+    return hook.peak / 2**20
+
+
 def torch_reset_peak(torch) -> None:
     """Empty PyTorch's CUDA cache of earlier cases and restart its high-water marks."""
     gc.collect()
@@ -234,7 +265,7 @@ def gpu_table(rows) -> str:
     """A Markdown table of GPU rows, each beside its PyTorch twin on CUDA."""
     head = ("| network | input | batch | fused kernels | gpucnn train img/s | torch (CUDA) train img/s | "
             "train ratio | target | % of GPU SGEMM peak | gpucnn eval img/s | torch eval img/s | eval ratio | "
-            "GPU MiB gpucnn pool / torch max allocated |")
+            "GPU MiB gpucnn live peak / pool; torch max allocated / reserved |")
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         fraction = r.get("peak_fraction")
@@ -244,7 +275,8 @@ def gpu_table(rows) -> str:
             f"{r['train_img_s']:.0f} | {format_cell(r.get('torch_train_img_s'), '.0f')} | {format_cell(r.get('train_ratio'), '.2f')} | "
             f"{target_met(r)} | {format_cell(fraction and 100 * fraction, '.1f')} | {r['eval_img_s']:.0f} | "
             f"{format_cell(r.get('torch_eval_img_s'), '.0f')} | {format_cell(r.get('eval_ratio'), '.2f')} | "
-            f"{format_cell(r.get('peak_mib'), '.0f')} / {format_cell(r.get('torch_peak_mib'), '.0f')} |")
+            f"{format_cell(r.get('live_peak_mib'), '.0f')} / {format_cell(r.get('peak_mib'), '.0f')}; "
+            f"{format_cell(r.get('torch_peak_mib'), '.0f')} / {format_cell(r.get('torch_reserved_mib'), '.0f')} |")
     return "\n".join(lines)
 
 
@@ -254,8 +286,10 @@ def gpu_setup(backend, torch, quick: bool) -> dict:
     CuPy call; the TF32 settings of both sides. Prints them; returns them for the JSON."""
     calls = 200 if quick else 2000
     info = {"name": gpu_name(backend), "cupy_fp32_compute_type": cupy_fp32_compute(backend),
-            "memory": "gpucnn: CuPy pool bytes held after the case's steps (pool emptied before it was built); "
-                      "torch: torch.cuda.max_memory_allocated (reset before the twin was built)"}
+            "memory": "gpucnn: the most bytes its arrays held at once over 3 more training steps (live_peak_mib, "
+                      "a CuPy memory hook) and the CuPy pool's bytes after the case's steps (peak_mib; the pool "
+                      "emptied before the case was built); torch: torch.cuda.max_memory_allocated and "
+                      "max_memory_reserved (reset before the twin was built)"}
     if torch is not None:
         info.update(torch_tf32_off(torch))
     peak = GpuSgemmPeak(backend, repeats=3 if quick else 10)

@@ -12,8 +12,8 @@ from gpucnn.graphs import StepGraph, unavailable
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
 from .gemm_floor import GemmFloorCase
-from .gpu_bench import (device_peak_mib, format_cell, free_device_memory, peak_for, torch_device_for,
-                       torch_peak_mib, torch_reset_peak)
+from .gpu_bench import (device_peak_mib, format_cell, free_device_memory, live_peak_mib, peak_for,
+                        torch_device_for, torch_peak_mib, torch_reset_peak)
 from .measure import SETTLE_SECONDS, measure, peak_memory
 from .networks import build_model
 from .profile_step import gemm_flops_per_image
@@ -118,6 +118,8 @@ def run_case(arch, batch, input_shape, backend, torch, args, clock, peaks: dict 
             peaks["cpu"].measure(repeats)
         row["peak_fraction"] = peak_fraction(row, peaks)
     row.update(case_memory(cases, backend, torch, steps))
+    if gpu:
+        row["live_peak_mib"] = live_peak_mib(backend, cases["gpucnn"])
     graph = cases["gpucnn"].graph
     if gpu and backend.graphs:  # the graph's private pool holds the step's memory: count it too
         row["graph_note"] = cases["gpucnn"].graph_note or (graph.reason if graph else None)
