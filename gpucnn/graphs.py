@@ -86,12 +86,15 @@ def unavailable(model, optimizer, augment=None, comm=None) -> str | None:
     return None
 
 
+def _owners(model, optimizer) -> list:
+    """The dicts of every array a step keeps and updates in place: parameters, layer state
+    (BatchNorm's running statistics) and optimizer buffers."""
+    return [owner for layer in model.layers for owner in (layer.params, layer.state)] + list(optimizer.state.values())
+
+
 def _persistent(model, optimizer) -> list:
-    """(owner dict, name, array) of every array a step keeps and updates in place: parameters,
-    layer state (BatchNorm's running statistics) and optimizer buffers."""
-    owners = [owner for layer in model.layers for owner in (layer.params, layer.state)]
-    owners += list(optimizer.state.values())
-    return [(owner, name, array) for owner in owners for name, array in owner.items()]
+    """(owner dict, name, array) of every array :func:`_owners` holds."""
+    return [(owner, name, array) for owner in _owners(model, optimizer) for name, array in owner.items()]
 
 
 class StepGraph:
@@ -117,8 +120,7 @@ class StepGraph:
         """Everything the graph bakes in: array identities, hyperparameters, mode, extras.
         (Checked before every replay: a few microseconds of host time.)"""
         optimizer = self.optimizer
-        owners = [owner for layer in self.model.layers for owner in (layer.params, layer.state)]
-        arrays = tuple(id(a) for owner in owners + list(optimizer.state.values()) for a in owner.values())
+        arrays = tuple(id(a) for owner in _owners(self.model, optimizer) for a in owner.values())
         hyper = tuple(getattr(optimizer, name) for name in optimizer.HYPER)
         return arrays, hyper, optimizer.graph_key(), self.model.training, self.extra_key()
 
