@@ -86,3 +86,43 @@ def test_rebuilding_costs_two_launches_in_backward(monkeypatch):
     (private_forward, private_backward), (shared_forward, shared_backward) = launches(2 ** 40), launches(0)
     assert shared_forward == private_forward + 1  # the ones row
     assert shared_backward == private_backward + 2  # the ones row and im2col again
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2 * 9 * 3 * 8 * 8 * 4])  # a channel a group; two channels
+def test_columns_in_channel_groups_give_the_numbers_of_numpy(monkeypatch, chunk_bytes, kernel_backend):
+    """Columns over CHUNK_BYTES go a group of input channels at a time (conv_chunks.py): forward
+    adds the groups' products, backward takes each group's gradient rows and dx channels. With
+    sums exact on every device, the outputs, input gradients and weight gradients equal NumPy's."""
+    from gpucnn.layers import conv_chunks
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
+    monkeypatch.setattr(conv_chunks, "CHUNK_BYTES", chunk_bytes)
+    data = np.random.default_rng(5)
+    x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)
+    dy = (data.integers(-4, 5, (3, 3, 3, 4)) / 4).astype(np.float32)
+    dev = run(two_convs(4), kernel_backend, x, dy)
+    host = run(two_convs(4), get_backend("cpu"), x, dy)
+    np.testing.assert_array_equal(dev[0], host[0])
+    np.testing.assert_array_equal(dev[1], host[1])
+    for key in host[2]:
+        np.testing.assert_array_equal(dev[2][key], host[2][key], err_msg=key)
+
+
+def test_channel_groups_keep_the_columns_under_the_limit():
+    from gpucnn.layers.conv_chunks import channel_groups
+    per_channel = 9 * 1000 * 4  # 3x3 rows of 1000 columns, float32
+    assert channel_groups(64, 3, 3, 1000, 4, limit=10 * per_channel) == [
+        (0, 10), (10, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 64)]
+    assert channel_groups(5, 3, 3, 1000, 4, limit=1) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert channel_groups(5, 3, 3, 1000, 4, limit=10**9) == [(0, 5)]
+
+
+def test_grouped_columns_hold_one_group_at_a_time(monkeypatch):
+    """The shared buffer holds one group's columns (with the ones row), not the layer's. Stand-in."""
+    from gpucnn.layers import conv_chunks
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
+    monkeypatch.setattr(conv_chunks, "CHUNK_BYTES", 1)  # one input channel a group
+    backend = standin_backend(kernels="all")
+    layer = Conv2D(4, 3, 3, padding=1, rng=np.random.default_rng(0)).to(backend)
+    layer.forward(backend.asarray(np.ones((2, 4, 6, 6), np.float32)))
+    layer.backward(backend.asarray(np.ones((2, 3, 6, 6), np.float32)))
+    assert scratch._BUFFERS[backend.xp]["conv columns"].size == (9 + 1) * 6 * 6 * 2  # not (4 * 9 + 1) rows

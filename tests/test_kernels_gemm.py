@@ -212,3 +212,27 @@ def test_cpu_dense_is_untouched_by_the_group():
     layer = Dense(10, 6, rng=np.random.default_rng(4))
     np.testing.assert_array_equal(layer.forward(x), x @ layer.params["weight"] + layer.params["bias"])
     assert get_backend("cpu").kernels == frozenset()
+
+
+@pytest.mark.parametrize("layout_out", LAYOUTS)
+def test_accumulate_adds_the_product_to_out(layout_out, fake_cublas):
+    """accumulate=True: cuBLAS's beta = 1 (out += a @ b), one sgemm; without out it refuses."""
+    backend, fake = fake_cublas
+    r = np.random.default_rng(7)
+    a, b = host_matrix(r, (7, 33), "C"), host_matrix(r, (33, 5), "F")
+    start = host_matrix(r, (7, 5), layout_out)
+    out = to_device(backend, start)
+    assert gemm.matmul(to_device(backend, a), to_device(backend, b), out=out, accumulate=True) is out
+    assert len(fake.calls) == 1
+    assert_within(backend.to_numpy(out), start + a @ b, bound(a, b) + 1e-6, layout_out)
+    with pytest.raises(ValueError, match="adds the product to out="):
+        gemm.matmul(to_device(backend, a), to_device(backend, b), accumulate=True)
+
+
+def test_accumulate_on_the_device_and_without_cublas(kernel_backend):
+    """The same on the stand-in's xp.matmul branch and on a real GPU's cuBLAS."""
+    r = np.random.default_rng(8)
+    a, b, start = (r.standard_normal(s).astype(np.float32) for s in ((6, 40), (40, 9), (6, 9)))
+    out = kernel_backend.asarray(start)
+    gemm.matmul(kernel_backend.asarray(a), kernel_backend.asarray(b), out=out, accumulate=True)
+    assert_within(kernel_backend.to_numpy(out), start + a @ b, bound(a, b) + 1e-6, "accumulate")

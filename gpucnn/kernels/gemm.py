@@ -38,7 +38,7 @@ from ..backend import array_module, cublas_binding, cublas_capture_binding
 from ..kernel_groups import active
 
 _ONE = np.ones(1, dtype=np.float32)  # alpha, read by cuBLAS from host memory at the call
-_ZERO = np.zeros(1, dtype=np.float32)  # beta: C is written, not accumulated into
+_ZERO = np.zeros(1, dtype=np.float32)  # beta: C is written (accumulate=True passes _ONE: added to)
 _ALPHA, _BETA = _ONE.ctypes.data, _ZERO.ctypes.data  # their addresses (the arrays live on)
 _INT_MAX = 2**31 - 1  # cuBLAS's m, n, k, ld are C ints
 
@@ -118,13 +118,19 @@ def _layout(x):
     return "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
 
 
-def matmul(a, b, out=None):
+def matmul(a, b, out=None, accumulate=False):
     """a (m, k) @ b (k, n) -> (m, n) float32, C-contiguous (or written into ``out``, (m, n)
-    float32, C- or F-contiguous). One cuBLAS sgemm on CuPy arrays; ``xp.matmul`` otherwise."""
+    float32, C- or F-contiguous; with ``accumulate``, added to it: cuBLAS's beta = 1). One
+    cuBLAS sgemm on CuPy arrays; ``xp.matmul`` otherwise."""
     xp = array_module(a, b)
     blas = _blas(xp)
+    if accumulate and out is None:
+        raise ValueError("matmul(accumulate=True) adds the product to out=; pass the array to add to")
     if (blas is None or a.ndim != 2 or b.ndim != 2 or a.dtype != np.float32 or b.dtype != np.float32
             or (out is not None and (out.dtype != np.float32 or out.shape != (a.shape[0], b.shape[1])))):
+        if accumulate:
+            out += xp.matmul(a, b)  # (m, n)
+            return out
         return xp.matmul(a, b, out=out)
     (m, k), (k_b, n) = a.shape, b.shape
     if k != k_b:
@@ -133,6 +139,9 @@ def matmul(a, b, out=None):
     layout_a, layout_b = _layout(a), _layout(b)
     layout_out = "C" if out is None else _layout(out)
     if None in (layout_a, layout_b, layout_out) or min(m, n, k) == 0 or max(m, n, k) > _INT_MAX:
+        if accumulate:
+            out += xp.matmul(a, b)  # (m, n)
+            return out
         return xp.matmul(a, b, out=out)
     if out is None:
         out = xp.empty((m, n), dtype=np.float32)  # (m, n)
@@ -140,14 +149,15 @@ def matmul(a, b, out=None):
     handle = get_handle()
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
     N, T = cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T
+    beta = _ALPHA if accumulate else _BETA  # 1: C += A @ B; 0: C is written
     if layout_out == "C":  # column-major C^T (n, m) = B^T (n, k) @ A^T (k, m)
         op_b, ld_b = (N, n) if layout_b == "C" else (T, k)
         op_a, ld_a = (N, k) if layout_a == "C" else (T, m)
         cublas.sgemm(handle, op_b, op_a, n, m, k, _ALPHA, b.data.ptr, ld_b,
-                     a.data.ptr, ld_a, _BETA, out.data.ptr, n)
+                     a.data.ptr, ld_a, beta, out.data.ptr, n)
     else:  # column-major C (m, n) = A (m, k) @ B (k, n)
         op_a, ld_a = (T, k) if layout_a == "C" else (N, m)
         op_b, ld_b = (T, n) if layout_b == "C" else (N, k)
         cublas.sgemm(handle, op_a, op_b, m, n, k, _ALPHA, a.data.ptr, ld_a,
-                     b.data.ptr, ld_b, _BETA, out.data.ptr, m)
+                     b.data.ptr, ld_b, beta, out.data.ptr, m)
     return out

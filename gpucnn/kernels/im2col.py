@@ -121,13 +121,17 @@ def im2col_into(x, cols, kh, kw, stride, pad_top, pad_left, out_h, out_w, blocks
     return cols
 
 
-def col2im_nchw(dcols, c, h, w, kh, kw, stride, pad_top, pad_left, out_h, out_w, blocks=(1, 1)):
+def col2im_nchw(dcols, c, h, w, kh, kw, stride, pad_top, pad_left, out_h, out_w, blocks=(1, 1), out=None):
     """dcols (C*kh*kw, OH*OW*N) float32 C-contiguous, blocked columns -> dx (N, C, H, W), an
-    NCHW view of C-contiguous (C, H, W, N) memory (unpadded); one launch, a gather."""
+    NCHW view of C-contiguous (C, H, W, N) memory (unpadded), written into ``out`` when given
+    (a C-contiguous float32 (C, H, W, N) array: some channels of a larger dx); one launch, a gather."""
     _check_float32("col2im_nchw", dcols)
     xp = array_module(dcols)
     n = dcols.shape[1] // (out_h * out_w)
-    dx = xp.empty((c, h, w, n), dtype=np.float32)  # (C, H, W, N)
+    if out is not None and (tuple(out.shape) != (c, h, w, n) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        raise ValueError(f"col2im_nchw expected out: C-contiguous float32 {(c, h, w, n)}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    dx = xp.empty((c, h, w, n), dtype=np.float32) if out is None else out  # (C, H, W, N)
     grid, block = _grid(h * w * n, c)
     launch("im2col.col2im", grid, block,
            (dcols, dx, np.int32(c), np.int32(h), np.int32(w), np.int32(n),

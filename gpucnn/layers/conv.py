@@ -11,6 +11,7 @@ from ..backend import array_module
 from ..kernels.gemm import matmul_for
 from ..kernels.im2col import col2im_nchw, im2col_into
 from .base import Layer, check_dtype, check_pair, check_positive_int, check_rng
+from .conv_chunks import Geometry, backward_in_groups, channel_groups, forward_in_groups
 from .init import init_weight
 from .im2col import col2im, im2col, output_size, to_chwn
 from .scratch import SHARED_MIN_BYTES, shared_scratch
@@ -174,25 +175,43 @@ class Conv2D(Layer):
         # the last row of the columns holds ones, so the bias rides along in the GEMM (as the
         # last column of the weights): no separate pass over y adds it, and backward gets
         # the bias gradient from the weight-gradient GEMM (a sum over the same columns)
-        if shared:  # the device's one buffer (layers/scratch.py): rebuilt in backward from x
-            cols = self._shared_columns(x, columns, out_h, out_w, blocks)  # (C_in*kh*kw + 1, OH*OW*N)
-        else:
-            cols = self._workspace("cols", columns, x.dtype, xp,
-                                   initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
-            if fused:  # one launch: x's layout, padding and windows in the kernel
-                im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w,
-                            tuple(blocks))  # (C_in*kh*kw, OH*OW*N)
-            else:
-                x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
-                im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k],
-                       blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
         weight_and_bias = xp.concatenate([weight.reshape(self.out_channels, k), bias[:, None]],
                                          axis=1)  # (C_out, C_in*kh*kw + 1)
-        y = matmul_for(x)(weight_and_bias, cols)  # (C_out, OH*OW*N), columns in im2col's order for blocks
+        groups = self._groups(columns, x.dtype) if shared else []
+        if len(groups) > 1:  # columns over CHUNK_BYTES: a group of input channels at a time
+            y = forward_in_groups(x, weight_and_bias, groups,
+                                  self._geometry(h, w, out_h, out_w, blocks))  # (C_out, OH*OW*N)
+        else:  # shared: the device's one buffer (layers/scratch.py), rebuilt in backward from x
+            cols = (self._shared_columns(x, columns, out_h, out_w, blocks) if shared
+                    else self._private_columns(x, columns, out_h, out_w, blocks))  # (C_in*kh*kw + 1, OH*OW*N)
+            y = matmul_for(x)(weight_and_bias, cols)  # (C_out, OH*OW*N), columns in im2col's order for blocks
         # the columns, or (for shared ones) the input they are rebuilt from
         kept = _Rebuild(x, columns) if shared else cols
         self._cache = (kept, padded_hw, (n, self.out_channels, out_h, out_w), tuple(blocks))
         return y.reshape(self.out_channels, bh, bw, out_h // bh, out_w // bw, n)  # (C_out, bh, bw, OH/bh, OW/bw, N)
+
+    def _groups(self, columns, dtype) -> list:
+        """Input-channel groups whose shared columns stay within CHUNK_BYTES (conv_chunks.py)."""
+        kh, kw = self.kernel_size
+        return channel_groups(self.in_channels, kh, kw, columns[1], np.dtype(dtype).itemsize)
+
+    def _geometry(self, h, w, out_h, out_w, blocks) -> Geometry:
+        (kh, kw), (top, _, left, _) = self.kernel_size, self.pads
+        return Geometry(kh, kw, self.stride, top, left, out_h, out_w, blocks, h, w)
+
+    def _private_columns(self, x, columns, out_h, out_w, blocks):
+        """im2col of x into this layer's own columns workspace, whose ones row is filled once."""
+        xp = array_module(x)
+        (kh, kw), (top, bottom, left, right) = self.kernel_size, self.pads
+        k = columns[0] - 1
+        cols = self._workspace("cols", columns, x.dtype, xp,
+                               initialize=lambda buffer: buffer[k].fill(1))  # (C_in*kh*kw + 1, OH*OW*N)
+        if self._fused(x, xp):  # one launch: x's layout, padding and windows in the kernel
+            im2col_into(x, cols[:k], kh, kw, self.stride, top, left, out_h, out_w, tuple(blocks))  # (C_in*kh*kw, OH*OW*N)
+        else:
+            x_chwn = to_chwn(x, top, bottom, left, right)  # (C_in, Hp, Wp, N)
+            im2col(x_chwn, kh, kw, self.stride, out_h, out_w, out=cols[:k], blocks=blocks)  # (C_in*kh*kw, OH*OW*N)
+        return cols
 
     def _shared_columns(self, x, columns, out_h, out_w, blocks):
         """im2col of x into the device's shared columns buffer, with its ones row: two launches."""
@@ -228,6 +247,16 @@ class Conv2D(Layer):
         xp = array_module(dy_blocks)
 
         shared = isinstance(cols, _Rebuild)
+        groups = self._groups(cols.shape, weight.dtype) if shared else []
+        if len(groups) > 1:  # as forward did: a group of input channels at a time (conv_chunks.py)
+            top, bottom, left, right = self.pads
+            geometry = self._geometry(padded_hw[0] - top - bottom, padded_hw[1] - left - right, out_h, out_w, blocks)
+            grads, dx = backward_in_groups(cols.x, weight, dy_blocks.reshape(c_out, -1), groups, geometry,
+                                           need_input_grad)  # (C_in*kh*kw + 1, C_out), dx or None
+            k = grads.shape[0] - 1
+            self.grads["weight"] = grads[:k].T.reshape(weight.shape)  # (C_out, C_in, kh, kw), a view of grads
+            self.grads["bias"] = grads[k]  # (C_out,)
+            return dx
         if shared:  # shared columns: rebuilt from the kept input
             cols = self._shared_columns(cols.x, cols.shape, out_h, out_w, blocks)  # (C_in*kh*kw + 1, OH*OW*N)
         dy_2d = dy_blocks.reshape(c_out, -1)  # (C_out, OH*OW*N), columns in cols' order
