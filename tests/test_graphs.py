@@ -283,15 +283,11 @@ def test_the_correction_table_is_the_host_scalars_and_moves_on():
     assert table.settings == (2e-3, (0.9, 0.999))
 
 
-@pytest.mark.parametrize("flags", [{}, {"optimizer": "momentum", "lr": 0.05}], ids=["adam", "momentum"])
-def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
-    """scripts/train.py's run (fit, validation and the held-out test in evaluation mode between
-    the graph's replays) with GPUCNN_CUDA_GRAPHS=1 on the stand-in: it says graphs are on and
-    gives the same history and test accuracy as the run without them."""
+def standin_gpu(monkeypatch) -> list:
+    """scripts/train.py's GPU backend made by the stand-in (GPUCNN_CUDA_GRAPHS honoured); the
+    list collects the backends made."""
     import gpucnn.backend
-    from gpucnn.train import TrainConfig, run
     from standin import standin_backend
-
     made = []
 
     def gpu_backend(cupy, kernels=None, graphs=None):
@@ -302,6 +298,38 @@ def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
 
     monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
     monkeypatch.setattr(gpucnn.backend, "_gpu_backend", gpu_backend)
+    return made
+
+
+def test_a_resumed_graphed_run_equals_a_straight_one(monkeypatch, tmp_path):
+    """With graphs on, two epochs straight and one epoch, a checkpoint and a resumed second
+    epoch (load_state_dict replaces the arrays the graph baked in: it records again) give the
+    same weights, history and test accuracy. Stand-in."""
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.train import TrainConfig, run
+    standin_gpu(monkeypatch)
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "1")
+    base = dict(dataset="digits", device="gpu", verbose=0, limit_train=200, batch_size=32, seed=3)
+    quiet = [].append
+    straight = run(TrainConfig(epochs=2, **base), log=quiet)
+    ckpt = tmp_path / "ckpt.npz"
+    run(TrainConfig(epochs=1, checkpoint=str(ckpt), **base), log=quiet)
+    resumed = run(TrainConfig(epochs=2, resume=str(ckpt), checkpoint=str(ckpt), **base), log=quiet)
+    for key, value in straight["model"].state_dict().items():
+        np.testing.assert_array_equal(resumed["model"].state_dict()[key], value, err_msg=key)
+    assert resumed["test_acc"] == straight["test_acc"] and load_checkpoint(ckpt)["meta"]["epoch"] == 2
+    for a, b in zip(resumed["history"], straight["history"]):
+        assert {k: v for k, v in a.items() if k not in ("seconds", "images_per_s")} == \
+               {k: v for k, v in b.items() if k not in ("seconds", "images_per_s")}
+
+
+@pytest.mark.parametrize("flags", [{}, {"optimizer": "momentum", "lr": 0.05}], ids=["adam", "momentum"])
+def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
+    """scripts/train.py's run (fit, validation and the held-out test in evaluation mode between
+    the graph's replays) with GPUCNN_CUDA_GRAPHS=1 on the stand-in: it says graphs are on and
+    gives the same history and test accuracy as the run without them."""
+    from gpucnn.train import TrainConfig, run
+    made = standin_gpu(monkeypatch)
     runs = {}
     for graphs in ("0", "1"):
         monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", graphs)
