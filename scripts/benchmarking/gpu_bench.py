@@ -149,7 +149,34 @@ def host_cost_calls(backend) -> dict:
             "a.sum(axis=0)": lambda: a.sum(axis=0),
             "256^3 matmul": lambda: m @ m,
             "transposing copy": lambda: xp.ascontiguousarray(a.transpose(1, 0, 2, 3)),  # (8, 64, 26, 26)
-            "RawKernel launch (relu_grad)": lambda: relu_grad(a, a)}
+            "RawKernel launch (relu_grad)": lambda: relu_grad(a, a),
+            f"RawKernel x{GRAPH_LAUNCHES} as one CUDA graph launch": graph_of(backend, lambda: relu_grad(a, a))}
+
+
+GRAPH_LAUNCHES = 30  # about a graphed training step's kernels (lenet: 33 launches eager)
+
+
+def graph_of(backend, call):
+    """``graph.launch`` of a CUDA graph holding GRAPH_LAUNCHES calls of ``call``, recorded as
+    gpucnn.graphs records a step (a non-blocking stream, a private memory pool kept with it)."""
+    xp = backend.xp
+    stream, pool = xp.cuda.Stream(non_blocking=True), xp.cuda.MemoryPool()
+    backend.synchronize()
+    with xp.cuda.using_allocator(pool.malloc), stream:
+        call()  # compiled and planned before the recording
+        stream.begin_capture()
+        try:
+            for _ in range(GRAPH_LAUNCHES):
+                call()
+        finally:
+            graph = stream.end_capture()
+    stream.synchronize()
+
+    def replay():
+        graph.launch()  # on the current stream
+
+    replay.pool = pool  # the graph's memory lives as long as the call
+    return replay
 
 
 def host_costs(backend, calls: int = 2000) -> list[dict]:
