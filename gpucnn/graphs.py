@@ -21,9 +21,8 @@ What a graph bakes in, and how each stays valid:
 * scalars (learning rate, momentum): the graph's key holds the optimizer's
   hyperparameters (Adam's per-step bias corrections are read from a device table instead,
   gpucnn.kernels.optim.BiasCorrections); a schedule that changes the rate makes the next call
-  record again;
-  after ``MAX_CAPTURES`` recordings the step stays eager (a per-step schedule such as
-  cosine or a warm-up changes the rate every step: eager is then faster);
+  record again; after ``MAX_CAPTURES`` recordings the step stays eager (a per-step schedule
+  such as cosine or a warm-up changes the rate every step: eager is then faster);
 * addresses: the key holds the identity of every parameter, state and optimizer buffer
   (a step must update them in place; one that replaces an array while being recorded is
   put back and graphs are turned off for it); the step's other memory (activations,
@@ -32,7 +31,7 @@ What a graph bakes in, and how each stays valid:
   frees later goes back to that pool, never to memory the graph still writes.
 * cuBLAS: CuPy's binding refuses calls during capture; gpucnn.kernels.gemm calls cuBLAS
   through ctypes instead while recording (:func:`gpucnn.kernels.gemm.capture_safe`), which
-  is why the ``gemm`` kernel group is required.
+  is why the ``gemm`` kernel group is required (Dense and Conv2D multiply through it).
 
 Not graphed (eager, as without graphs): Dropout and augmentation (a graph would replay one
 random mask), distributed training, BatchNorm without its fused kernels (it replaces its
