@@ -110,8 +110,9 @@ def test_columns_in_channel_groups_give_the_numbers_of_numpy(monkeypatch, chunk_
 def test_channel_groups_keep_the_columns_under_the_limit():
     from gpucnn.layers.conv_chunks import channel_groups
     per_channel = 9 * 1000 * 4  # 3x3 rows of 1000 columns, float32
-    assert channel_groups(64, 3, 3, 1000, 4, limit=10 * per_channel) == [
+    assert channel_groups(64, 3, 3, 1000, 4, limit=10 * per_channel) == [  # 7 groups, as even as they go
         (0, 10), (10, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 64)]
+    assert channel_groups(64, 3, 3, 1000, 4, limit=56 * per_channel) == [(0, 32), (32, 64)]  # not 56 + 8
     assert channel_groups(5, 3, 3, 1000, 4, limit=1) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     assert channel_groups(5, 3, 3, 1000, 4, limit=10**9) == [(0, 5)]
 

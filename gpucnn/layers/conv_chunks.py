@@ -35,11 +35,14 @@ CHUNK_BYTES = 256 * 2**20  # at most this many bytes of columns at once (one gro
 
 def channel_groups(in_channels: int, kh: int, kw: int, columns: int, itemsize: int,
                    limit: int | None = None) -> list[tuple[int, int]]:
-    """[(c0, c1)]: input channels in groups whose columns (c1 - c0) * kh * kw x ``columns`` hold
-    at most ``limit`` bytes (CHUNK_BYTES by default; at least one channel a group)."""
+    """[(c0, c1)]: input channels in as few groups as keep each group's columns (c1 - c0) * kh *
+    kw x ``columns`` within ``limit`` bytes (CHUNK_BYTES by default; at least one channel a
+    group), their sizes as even as the count allows (the largest group sizes the buffer)."""
     limit = CHUNK_BYTES if limit is None else limit
     per_channel = kh * kw * columns * itemsize
-    size = max(1, limit // max(per_channel, 1))
+    most = max(1, limit // max(per_channel, 1))  # channels a group may hold
+    count = -(-in_channels // most)  # groups needed
+    size = -(-in_channels // count)  # channels in the largest: even groups
     return [(c0, min(c0 + size, in_channels)) for c0 in range(0, in_channels, size)]
 
 
@@ -67,9 +70,17 @@ def _group_columns(x, c0, c1, last, g: Geometry):
     return cols
 
 
+def _reserve(x, groups, g: Geometry) -> None:
+    """Grow the shared columns once to the largest group's (with the ones row), so no group
+    replaces the buffer while the one before it may still be in use."""
+    rows = max(c1 - c0 for c0, c1 in groups) * g.kh * g.kw + 1
+    shared_scratch(array_module(x), "conv columns", (rows, g.out_h * g.out_w * x.shape[0]), x.dtype)
+
+
 def forward_in_groups(x, weight_and_bias, groups, g: Geometry):
     """x (N, C_in, H, W), weight_and_bias (C_out, C_in*kh*kw + 1) -> y (C_out, OH*OW*N),
     C-contiguous, columns in im2col's order for g.blocks."""
+    _reserve(x, groups, g)
     xp, matmul = array_module(x), matmul_for(x)
     per_channel = g.kh * g.kw
     y = xp.empty((weight_and_bias.shape[0], g.out_h * g.out_w * x.shape[0]), dtype=x.dtype)  # (C_out, OH*OW*N)
@@ -88,6 +99,7 @@ def backward_in_groups(x, weight, dy_2d, groups, g: Geometry, need_input_grad: b
     """x (N, C_in, H, W), weight (C_out, C_in, kh, kw), dy_2d (C_out, OH*OW*N) -> (grads
     (C_in*kh*kw + 1, C_out): rows of the weight gradient (transposed) and last the bias
     gradient; dx (N, C_in, H, W), an NCHW view of (C_in, H, W, N) memory, or None)."""
+    _reserve(x, groups, g)
     xp, matmul = array_module(x), matmul_for(x)
     c_out, c_in = weight.shape[:2]
     per_channel = g.kh * g.kw

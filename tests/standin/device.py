@@ -29,6 +29,7 @@ from .cupy_api import (CupyConformanceError, DeviceDisciplineError, NotModeledEr
                        cupy_ufunc_result_dtypes, operand_type, violation)
 from .graphs import CUPY_CUBLAS, UNCAPTURABLE, DeviceStreams, StandInCuda
 from .indexing import Indexing
+from .memory import DeviceMemory
 from .modules import DeviceRandom, Submodule
 from .work import Work, gemm_flops, pad_launches
 
@@ -52,6 +53,7 @@ class StandInDevice(Indexing):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.sites: Counter = Counter()  # (event, gpucnn line, what) -> count
         self.work = Work()
+        self.memory = DeviceMemory()  # bytes its arrays hold (tests/standin/memory.py)
         self.streams = DeviceStreams(self)
         self.cuda = StandInCuda(self.streams)
         self.random = DeviceRandom(self)

@@ -109,12 +109,16 @@ class DeviceStreams:
         self._capture: Capture | None = None
 
     # -- called by the stand-in at every array and operation ------------------------------
-    def track(self, a: np.ndarray) -> None:
-        """Remember the buffer under device array ``a`` (weakly) for a capture to restore."""
+    def track(self, a: np.ndarray) -> bool:
+        """Remember the buffer under device array ``a`` (weakly) for a capture to restore;
+        True when it is a buffer not seen before."""
         while isinstance(a.base, np.ndarray):
             a = a.base
-        if id(a) not in self._buffers:
-            self._buffers[id(a)] = a
+        if id(a) in self._buffers:
+            return False
+        self._buffers[id(a)] = a
+        self.device.memory.allocated(a)
+        return True
 
     def record(self, replay, result=None):
         """``result``; while a stream captures, ``replay`` (which re-runs the operation that
