@@ -32,18 +32,24 @@ def run(model, backend, x, dy):
     return backend.to_numpy(y), backend.to_numpy(dx), grads
 
 
-@pytest.mark.parametrize("threshold", [0, 2 ** 40])  # every layer shared / every layer private
-def test_shared_columns_give_the_numbers_of_private_ones_and_of_numpy(monkeypatch, threshold, kernel_backend):
-    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)
-    data = np.random.default_rng(0)
-    x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)  # exact sums on every side
+def assert_equals_numpy(backend, data_seed, model_seed):
+    """two_convs forward and backward on ``backend`` give NumPy's output, input gradient and
+    weight gradients exactly (inputs in multiples of 1/4: exact sums on every side)."""
+    data = np.random.default_rng(data_seed)
+    x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)
     dy = (data.integers(-4, 5, (3, 3, 3, 4)) / 4).astype(np.float32)
-    dev = run(two_convs(1), kernel_backend, x, dy)
-    host = run(two_convs(1), get_backend("cpu"), x, dy)
+    dev = run(two_convs(model_seed), backend, x, dy)
+    host = run(two_convs(model_seed), get_backend("cpu"), x, dy)
     np.testing.assert_array_equal(dev[0], host[0])
     np.testing.assert_array_equal(dev[1], host[1])
     for key in host[2]:
         np.testing.assert_array_equal(dev[2][key], host[2][key], err_msg=key)
+
+
+@pytest.mark.parametrize("threshold", [0, 2 ** 40])  # every layer shared / every layer private
+def test_shared_columns_give_the_numbers_of_private_ones_and_of_numpy(monkeypatch, threshold, kernel_backend):
+    monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", threshold)
+    assert_equals_numpy(kernel_backend, data_seed=0, model_seed=1)
 
 
 def test_every_conv_of_a_device_uses_one_columns_buffer(monkeypatch):
@@ -96,15 +102,7 @@ def test_columns_in_channel_groups_give_the_numbers_of_numpy(monkeypatch, chunk_
     from gpucnn.layers import conv_chunks
     monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
     monkeypatch.setattr(conv_chunks, "CHUNK_BYTES", chunk_bytes)
-    data = np.random.default_rng(5)
-    x = (data.integers(-4, 5, (3, 2, 8, 8)) / 4).astype(np.float32)
-    dy = (data.integers(-4, 5, (3, 3, 3, 4)) / 4).astype(np.float32)
-    dev = run(two_convs(4), kernel_backend, x, dy)
-    host = run(two_convs(4), get_backend("cpu"), x, dy)
-    np.testing.assert_array_equal(dev[0], host[0])
-    np.testing.assert_array_equal(dev[1], host[1])
-    for key in host[2]:
-        np.testing.assert_array_equal(dev[2][key], host[2][key], err_msg=key)
+    assert_equals_numpy(kernel_backend, data_seed=5, model_seed=4)
 
 
 def test_channel_groups_keep_the_columns_under_the_limit():
