@@ -1,4 +1,7 @@
-"""Softmax cross-entropy, fused and numerically stable (log-sum-exp)."""
+"""Softmax cross-entropy, fused and numerically stable (log-sum-exp).
+
+The math, and why the gradient is (p - y) / N: docs/math.md, "Softmax cross-entropy".
+"""
 from __future__ import annotations
 
 import numpy as np

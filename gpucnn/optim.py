@@ -1,6 +1,6 @@
 """Optimizers: SGD (+ momentum, Nesterov, weight decay), Adam and AdamW, as torch.optim
 computes them. State is kept per parameter under the model's stable parameter keys
-("0.weight", ...), never keyed by id().
+("0.weight", ...), never keyed by id(). The updates, side by side: docs/math.md, "Optimizers".
 
 Every update runs in place on the parameter's device, once per batch: a few array
 operations per parameter, scalars cast to the parameter's dtype (float32 stays float32),
@@ -219,7 +219,8 @@ class SGD(Optimizer):
         g = g + momentum * v if nesterov else v
         w -= lr * g
 
-    With momentum 0 this is seed 000's ``w -= lr * grad``.
+    With momentum 0 this is the course's ``w -= lr * grad`` (docs/math.md,
+    "Worked example: one hand-trained step").
     """
 
     HYPER = ("lr", "momentum", "nesterov", "weight_decay")

@@ -1,6 +1,6 @@
 """Naive-loop reference implementations: slow, obvious, written straight from the
-course's formulas (seed 004, eq. 1 and 2), for the library to be checked against.
-They live in tests/ on purpose: the library itself has no per-pixel loops."""
+course's formulas (docs/math.md, "Convolution" and "Pooling"), for the library to be
+checked against. They live in tests/ on purpose: the library itself has no per-pixel loops."""
 from __future__ import annotations
 
 import numpy as np

@@ -22,7 +22,7 @@ BASH = re.findall(r"^```bash\n(.*?)^```", README, re.S | re.M)
 
 def test_readme_is_short_and_links_its_docs():
     assert len(README.encode()) <= 15 * 1024
-    for page in ("design", "performance", "gpu", "distributed", "export", "images"):
+    for page in ("math", "design", "performance", "gpu", "distributed", "export", "images"):
         assert f"docs/{page}.md" in README and (REPO / "docs" / f"{page}.md").exists(), page
 
 

@@ -10,6 +10,7 @@ Notation used in every docstring and shape comment:
 
 Each layer: ``forward(x)`` caches what ``backward(dy)`` needs; ``backward``
 fills ``grads`` (same keys as ``params``: "weight", "bias") and returns dL/dx.
+Every layer's forward and backward math, derived, with worked examples: docs/math.md.
 """
 from .activations import ReLU
 from .base import Layer

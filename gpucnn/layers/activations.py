@@ -1,4 +1,4 @@
-"""ReLU, the activation of the course."""
+"""ReLU, the activation of the course (docs/math.md, "ReLU")."""
 from __future__ import annotations
 
 import numpy as np

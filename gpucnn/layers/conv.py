@@ -1,4 +1,7 @@
-"""Conv2D: cross-correlation (as every framework and seed 000 compute it), via im2col."""
+"""Conv2D: cross-correlation (as every framework computes it), via im2col.
+
+The math, forward and backward: docs/math.md, "Convolution".
+"""
 from __future__ import annotations
 
 import math
@@ -23,9 +26,9 @@ def resolve_padding(owner: str, padding, kernel: tuple[int, int], stride: int):
     Accepted: an int (all four sides), ``(ph, pw)``, ``((top, bottom), (left, right))``,
     ``"valid"`` (none) and ``"same"`` (stride 1 only; output H, W = input H, W).
     For an even kernel ``"same"`` needs an odd total padding: the extra zero
-    row/column goes top/left, exactly as seed 000 pads its 2x2 example (its
-    output[0, 0] = 1.3 only comes out that way). PyTorch and TensorFlow put the
-    extra one bottom/right instead.
+    row/column goes top/left, exactly as the 2x2 example of docs/math.md ("Worked
+    example: one hand-trained step") is padded: its output[0, 0] = 1.3 only comes out
+    that way. PyTorch and TensorFlow put the extra one bottom/right instead.
     """
     kh, kw = kernel
     if isinstance(padding, str):
@@ -68,11 +71,12 @@ class Conv2D(Layer):
     """2-D convolution (cross-correlation), NCHW.
 
     x (N, in_channels, H, W) -> y (N, out_channels, OH, OW) with
-    OH = (H + pad_top + pad_bottom - kh) // stride + 1 (seed 004), same for OW.
+    OH = (H + pad_top + pad_bottom - kh) // stride + 1, same for OW (docs/math.md, "Output size").
 
     params["weight"] (out_channels, in_channels, kh, kw), params["bias"] (out_channels,).
     Weights are drawn on the host from ``rng`` (He normal by default, or
-    ``init="glorot"``, seed 002's Xavier) so every backend starts identical.
+    ``init="glorot"``, Xavier's; docs/math.md, "Initial weights") so every backend
+    starts identical.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,

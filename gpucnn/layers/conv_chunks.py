@@ -19,7 +19,8 @@ last group.
 
 Same arithmetic per element as the ungrouped products except the forward's sum, which adds the
 groups' partial sums in order (within float32 rounding of the single product). Costs per extra
-group: one read and write of y in forward, and a few launches.
+group: one read and write of y in forward, and a few launches. The products themselves:
+docs/math.md, "Convolution".
 """
 from __future__ import annotations
 

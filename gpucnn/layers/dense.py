@@ -1,4 +1,4 @@
-"""Dense: the fully connected layer."""
+"""Dense: the fully connected layer. The math: docs/math.md, "Dense"."""
 from __future__ import annotations
 
 import operator
@@ -15,7 +15,7 @@ class Dense(Layer):
     """Fully connected: x (N, in_features) -> y = x @ weight + bias, (N, out_features).
 
     params["weight"] (in_features, out_features), params["bias"] (out_features,).
-    Glorot/Xavier uniform by default (seed 002), or ``init="he"``.
+    Glorot/Xavier uniform by default, or ``init="he"`` (docs/math.md, "Initial weights").
     """
 
     def __init__(self, in_features, out_features, *, dtype=np.float32, rng=None, init="glorot"):

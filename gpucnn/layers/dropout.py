@@ -1,4 +1,4 @@
-"""Dropout: zero a random fraction p of the activations while training."""
+"""Dropout: zero a random fraction p of the activations while training (docs/math.md, "Dropout")."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Flatten: the bridge from feature maps to the dense classifier."""
+"""Flatten: the bridge from feature maps to the dense classifier (docs/math.md, "Flatten")."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ from .base import Layer
 
 
 class Flatten(Layer):
-    """x (N, d1, d2, ...) -> y (N, d1*d2*...), row-major (seed 000: 2x2 -> 1x4)."""
+    """x (N, d1, d2, ...) -> y (N, d1*d2*...), row-major (a 2x2 map -> 4 values in reading order)."""
 
     def forward(self, x):
         """x (N, ...) -> y (N, prod(...))."""

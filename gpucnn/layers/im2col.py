@@ -4,8 +4,9 @@ Each kernel offset (i, j) is one strided slice of the padded input: im2col copie
 all of them at once through one strided view; col2im adds them back one offset at a
 time (their windows overlap). No Python loop ever runs over samples or pixels.
 
-Seed 004 ("convolution as a matrix multiplication"): after im2col the
-convolution of every window with every kernel is one matrix multiply.
+After im2col the convolution of every window with every kernel is one matrix
+multiply: docs/math.md, "Convolution" (and, worked out on numbers, "Worked example:
+a strided convolution as a matrix product").
 
 This is the CPU path, and the generic GPU path. With the fused-kernel group "im2col"
 on (gpucnn.kernels), Conv2D runs gpucnn/kernels/im2col.py instead: one launch for
@@ -29,7 +30,7 @@ from ..parallel import over_channel_chunks
 
 
 def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
-    """Seed 004: o = (i + p_before + p_after - k) // s + 1 (floor, as PyTorch)."""
+    """o = (i + p_before + p_after - k) // s + 1 (floor, as PyTorch; docs/math.md, "Output size")."""
     return (size + pad_before + pad_after - kernel) // stride + 1
 
 

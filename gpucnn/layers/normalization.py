@@ -10,6 +10,8 @@ Training mode normalises with the batch statistics and moves the running statist
 towards them, as torch.nn.BatchNorm2d does: running = (1 - momentum) * running +
 momentum * batch, with the unbiased variance var * M / (M - 1). Evaluation mode
 normalises with the running statistics instead.
+
+The backward formula (_BatchNorm.backward), derived: docs/math.md, "Batch normalisation".
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MaxPool2D and AvgPool2D over NCHW, windows gathered by kernel offsets."""
+"""MaxPool2D and AvgPool2D over NCHW, windows gathered by kernel offsets (docs/math.md, "Pooling")."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,11 +12,11 @@ from ..parallel import over_channel_chunks
 from .base import Layer, check_pair, check_positive_int, in_layout_of
 from .im2col import offset_slices, output_size, pad_nchw
 
-# Values within this many float epsilons (relative to the window maximum) count
-# as tied with it. Seed 000's pools hold exact decimal ties (1.9 = 0.6+0.8+0.5 =
-# 0.2+0.4+0.8+0.5) that rounding breaks depending on the matrix multiply's
-# summation order; with this tolerance the FIRST of them (row-major) still takes
-# the gradient on every backend: 16 eps is ~1.9e-6 relative in float32.
+# Values within this many float epsilons (relative to the window maximum) count as tied
+# with it. The pools of docs/math.md's "Worked example: one hand-trained step" hold exact
+# decimal ties (1.9 = 0.6+0.8+0.5 = 0.2+0.4+0.8+0.5) that rounding breaks depending on the
+# matrix multiply's summation order; with this tolerance the FIRST of them (row-major) still
+# takes the gradient on every backend: 16 eps is ~1.9e-6 relative in float32.
 TIE_EPS_MULTIPLE = 16
 
 
@@ -121,8 +121,8 @@ class MaxPool2D(_Pool2D):
 
     ``stride`` defaults to ``kernel_size``. Windows are padded with -inf.
     Backward routes each window's gradient to ONE input: the first maximum in
-    row-major order (seed 000, and PyTorch), where values within
-    ``TIE_EPS_MULTIPLE`` float epsilons of the maximum count as tied.
+    row-major order (as PyTorch; docs/math.md, "Max pooling and its gradient routing"),
+    where values within ``TIE_EPS_MULTIPLE`` float epsilons of the maximum count as tied.
     """
 
     def forward(self, x):
