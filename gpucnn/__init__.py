@@ -1,5 +1,6 @@
 """gpucnn: a small, readable CNN trainer on NumPy (CPU) or CuPy (CUDA GPU)."""
 from .backend import get_backend
+from .callbacks import Callback, EarlyStopping
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, MaxPool2D, Normalize, ReLU)
 from .losses import SoftmaxCrossEntropy
@@ -13,4 +14,5 @@ __all__ = [
     "get_backend", "Conv2D", "ReLU", "MaxPool2D", "AvgPool2D", "Flatten", "Dense",
     "SoftmaxCrossEntropy", "Sequential", "load", "SGD", "Adam", "AdamW", "manual_seed", "default_generator",
     "BatchNorm2D", "BatchNorm1D", "Dropout", "GlobalAvgPool2D", "Normalize", "set_num_threads", "get_num_threads",
+    "Callback", "EarlyStopping",
 ]

@@ -1,14 +1,16 @@
-"""What defines a training run: TrainConfig (one field per CLI flag), its validation,
-the optimizer it names, and whether a checkpoint can continue it.
+"""What defines a training run: TrainConfig (one field per CLI flag), its validation and
+the optimizer it names.
 
 Everything here is checked before any data loads, so a bad setting costs nothing:
-``TrainConfig.validate()`` raises ValueError naming the flag, ``check_resume`` raises
-FlagError when a checkpoint cannot continue as asked.
+``TrainConfig.validate()`` raises ValueError naming the flag. Whether a checkpoint can
+continue a run, and what a resume may change, is gpucnn.resume's (it raises FlagError,
+defined here).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +22,8 @@ from .optim import SGD, Adam, AdamW
 from .schedules import SCHEDULES
 from .zoo import ARCHS, read_architecture
 
-__all__ = ["TrainConfig", "FlagError", "make_optimizer", "check_resume", "resume_config", "flag_words", "ARCHS", "DATASETS", "DEVICES",
-           "OPTIMIZERS", "SCHEDULE_NAMES", "FILE_DATASETS"]
+__all__ = ["TrainConfig", "FlagError", "make_optimizer", "ARCHS", "DATASETS", "DEVICES", "OPTIMIZERS",
+           "SCHEDULE_NAMES", "FILE_DATASETS"]
 
 DEVICES = ("auto", "cpu", "gpu")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -29,6 +31,8 @@ SCHEDULE_NAMES = tuple(SCHEDULES)  # constant, step, cosine, onecycle
 FILE_DATASETS = tuple(DEFAULT_DATA_DIRS)  # the named datasets read from files in a data folder
 DIGIT_DATASETS = ("mnist", "digits")  # where a horizontal flip turns a sample into another symbol
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov")
+# the settings that name a file or folder: recorded as absolute paths (TrainConfig.to_dict)
+PATH_FIELDS = ("dataset", "arch", "data_dir", "cache_dir", "checkpoint", "resume", "log_dir")
 
 
 class FlagError(ValueError):
@@ -77,8 +81,11 @@ class TrainConfig:
     cache_dir: str | None = None
     skip_bad_images: bool = False
     log_dir: str | None = None  # TensorBoard event files (gpucnn.tensorboard)
+    patience: int | None = None  # early stopping: epochs without a better validation loss (None: off)
+    save_best: bool = False  # keep the best validation epoch beside --checkpoint (gpucnn.train.best_checkpoint_path)
 
-    # flags that must match when resuming: they define the data, the model and its schedule
+    # flags that must match when resuming: they define the data, the model, its optimizer and
+    # schedule (what may change instead: RESUME_MAY_CHANGE in gpucnn.resume)
     RUN_DEFINING = ("dataset", "arch", "normalize", "optimizer", "schedule", "warmup_epochs", "seed",
                     "limit_train", "val_fraction", "channels", "image_size", "skip_bad_images")
     # what a checkpoint written before a flag existed was trained with
@@ -135,6 +142,14 @@ class TrainConfig:
                 check_output_path(self.checkpoint)
             except ValueError as exc:
                 raise ValueError(f"--checkpoint: {exc}") from None
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            fail("patience", "a positive integer: epochs without a better validation loss before training stops")
+        if not isinstance(self.save_best, bool):
+            fail("save_best", "True or False")
+        if self.save_best and self.checkpoint is None:
+            raise ValueError("--save-best expected --checkpoint PATH beside it (the best epoch goes to PATH's "
+                             ".best.npz), got no --checkpoint; add --checkpoint runs/NAME.npz")
         if self.log_dir is not None:
             from .tensorboard import check_log_dir
             check_log_dir(self.log_dir)  # ValueError "--log-dir ...": tensorboardX missing, not writable
@@ -156,6 +171,7 @@ class TrainConfig:
             fail("dataset", f"one of {', '.join(DATASETS)}, the path of a .npz file or of a folder of images "
                             "with one subfolder per class")
         else:
+            self._warn_if_a_folder_is_shadowed()
             for name in ("channels", "image_size", "cache_dir", "skip_bad_images"):
                 if getattr(self, name) not in (None, False):
                     raise ValueError(f"--{name.replace('_', '-')}: only used with --dataset FOLDER (a folder of "
@@ -164,6 +180,18 @@ class TrainConfig:
             if given and self.dataset not in FILE_DATASETS:
                 raise ValueError(f"--{name}: only used with --dataset {', '.join(FILE_DATASETS[:-1])} or "
                                  f"{FILE_DATASETS[-1]}, got --dataset {self.dataset}")
+
+    def _warn_if_a_folder_is_shadowed(self) -> None:
+        """A folder ./digits (named like a built-in dataset) is not what --dataset digits
+        loads: warn, once, saying how to name the folder (unless it is the data folder read)."""
+        name = str(self.dataset)
+        if not os.path.isdir(name):
+            return
+        if name in FILE_DATASETS and os.path.realpath(name) == os.path.realpath(
+                self.data_dir or DEFAULT_DATA_DIRS[name]):
+            return  # the folder of the dataset's own files, read as --data-dir
+        warnings.warn(f"--dataset {name} loads the built-in {name} dataset, not the folder ./{name} here; "
+                      f"give --dataset ./{name} to train on the folder")
 
     def _validate_image_folder(self) -> None:
         from .images import PILLOW_MISSING, parse_image_size
@@ -186,6 +214,12 @@ class TrainConfig:
                 check_output_path(os.path.join(self.cache_dir, "probe.npz"))
             except ValueError as exc:
                 raise ValueError(f"--cache-dir: {exc}") from None
+        from .datasets.folder import check_image_folder
+        from .data import DataError
+        try:  # the folder's layout, before anything is printed or decoded (unreadable files: when decoding)
+            check_image_folder(self.dataset)
+        except DataError as exc:
+            raise ValueError(f"--dataset {exc}") from None
 
     def _validate_arch(self, fail) -> None:
         if self.arch in ARCHS:
@@ -217,7 +251,21 @@ class TrainConfig:
                              "digit is another symbol (or none); use shift:K alone")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as a checkpoint and the metrics JSON record them: every file or
+        folder (PATH_FIELDS: --dataset FOLDER|FILE.npz, --arch FILE.json, --data-dir,
+        --cache-dir, --checkpoint, --resume, --log-dir) as an absolute path, so that
+        evaluate.py and --resume read the same files from any working folder.
+
+        Absolute rather than relative to the checkpoint file: a checkpoint is what gets
+        moved or copied (into another folder, next to an export), while the data stays where
+        it was trained on; a path relative to the checkpoint breaks with each such move, an
+        absolute one only when the data itself moves, and then --resume and evaluate.py name
+        the missing path and take --dataset PATH instead (gpucnn.resume.check_recorded_dataset)."""
+        settings = dataclasses.asdict(self)
+        for name in PATH_FIELDS:
+            if not _built_in(name, settings[name]):
+                settings[name] = os.path.abspath(os.fspath(settings[name]))
+        return settings
 
     def applicable(self) -> dict:
         """The settings that matter for this run (what the run prints): a data folder only
@@ -243,6 +291,12 @@ class TrainConfig:
         return {k: v for k, v in settings.items() if v is not None}
 
 
+def _built_in(name: str, value) -> bool:
+    """True when the setting ``name`` is unset or names no file: a built-in dataset or
+    architecture."""
+    return value is None or (name == "dataset" and value in DATASETS) or (name == "arch" and value in ARCHS)
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
@@ -260,89 +314,3 @@ def make_optimizer(name: str, model, lr: float, momentum: float = 0.9, weight_de
     if name == "adamw":
         return AdamW(model, lr, weight_decay=decay)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-
-
-# this run's own settings when resuming: where and how it runs, not what it trains
-RESUME_OWN = ("device", "epochs", "resume", "verbose", "distributed", "download")
-# how a setting reads when it is not given (None) or switched off (False)
-UNSET_WORDS = {"limit_train": "all training images", "limit_test": "all test images",
-               "channels": "as the images are", "image_size": "the most common size",
-               "weight_decay": "the optimizer's default", "data_dir": "the default folder",
-               "cache_dir": "the default cache folder", "checkpoint": "no checkpoint", "log_dir": "no log"}
-BOOLEAN_FLAGS = ("normalize",)  # --x / --no-x; the other booleans are plain --x switches
-
-
-def flag_words(name: str, value) -> str:
-    """A setting as the command line writes it: "--arch lenet", "--no-normalize",
-    "no --limit-train (all training images)"; never a Python None."""
-    flag = f"--{name.replace('_', '-')}"
-    if name in BOOLEAN_FLAGS:
-        return flag if value else f"--no-{flag[2:]}"
-    if isinstance(value, bool):
-        return flag if value else f"no {flag}"
-    if value is None:
-        return f"no {flag}" + (f" ({UNSET_WORDS[name]})" if name in UNSET_WORDS else "")
-    return f"{flag} {value}"
-
-
-def _same(name: str, was, now) -> bool:
-    if name == "dataset" and was not in DATASETS and now not in DATASETS and was is not None and now is not None:
-        return os.path.realpath(str(was)) == os.path.realpath(str(now))  # a file or folder, however written
-    return was == now
-
-
-def _contradictions(path, saved: dict, asked: dict) -> None:
-    """FlagError listing every run-defining setting in ``asked`` that differs from ``saved``."""
-    wrong = []
-    for name in TrainConfig.RUN_DEFINING:
-        if name not in asked:
-            continue
-        was = saved.get(name, TrainConfig.BEFORE_FLAG.get(name))
-        if not _same(name, was, asked[name]):
-            wrong.append(f"{flag_words(name, asked[name])} (the checkpoint: {flag_words(name, was)})")
-    if wrong:
-        many = len(wrong) > 1
-        raise FlagError(f"{path}: {len(wrong)} setting{'s' * many} contradict{'s' * (not many)} the "
-                        f"checkpoint's run: {'; '.join(wrong)}; leave {'them' if many else 'it'} out to continue "
-                        "the run with the checkpoint's settings, or start a new run without --resume")
-
-
-def resume_config(meta: dict, given: dict) -> TrainConfig:
-    """The TrainConfig that continues the run of the checkpoint ``meta``: every setting
-    from the checkpoint's config, except this run's own (RESUME_OWN: device, epochs, ...)
-    and the fields in ``given`` (the flags given explicitly, at least "resume"). A given
-    flag that contradicts a run-defining setting raises FlagError listing all of them;
-    --lr, --momentum, --weight-decay, --label-smoothing, --augment, --limit-test,
-    --checkpoint, --log-dir and --cache-dir may change."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ValueError(f"resume_config: unknown settings {', '.join(unknown)}; expected TrainConfig fields")
-    saved = {k: v for k, v in meta["config"].items() if k in fields and k not in RESUME_OWN}
-    saved.update({k: v for k, v in TrainConfig.BEFORE_FLAG.items() if k not in meta["config"]})
-    _contradictions(given.get("resume"), saved, given)
-    return TrainConfig(**{**saved, **given})
-
-
-def check_resume(config: TrainConfig, meta: dict) -> None:
-    """FlagError unless the checkpoint ``meta`` can continue as ``config`` asks: the same
-    data, model and schedule (every difference named in one message), fewer epochs done
-    than ``config.epochs``, and, for a schedule that changes the rate, no more epochs
-    (and the same batches) than it was planned for: its length is fixed when the run starts."""
-    saved = meta["config"]
-    _contradictions(config.resume, saved, {name: getattr(config, name) for name in TrainConfig.RUN_DEFINING})
-    done = meta["epoch"]
-    if done >= config.epochs:
-        raise FlagError(f"{config.resume} already holds {done} epoch{'s' * (done != 1)}; "
-                        f"pass --epochs {done + 1} or more to continue")
-    schedule = meta.get("schedule")
-    if schedule is None or schedule["state"]["name"] == "constant":
-        return
-    planned, name = schedule["epochs"], schedule["state"]["name"]
-    if config.epochs > planned:
-        raise FlagError(f"--epochs {config.epochs}: the {name} schedule of {config.resume} was planned for "
-                        f"{planned} epoch{'s' * (planned != 1)} and its length is fixed; resume with "
-                        f"--epochs {planned}, or start a new run to train longer")
-    if saved.get("batch_size") != config.batch_size:
-        raise FlagError(f"--batch-size {config.batch_size}: the {name} schedule of {config.resume} counts "
-                        f"batches of {saved.get('batch_size')}; resume with --batch-size {saved.get('batch_size')}")

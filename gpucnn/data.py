@@ -11,9 +11,17 @@ import numpy as np
 from .datasets import (MNIST_FILES, MNIST_MIRRORS, DataError, Dataset, download_mnist, load_digits,
                        load_mnist, read_idx, to_float_images)
 
-__all__ = ["Dataset", "DataError", "stratified_split", "limit", "check_labels", "batch_slices",
-           "load_mnist", "load_digits", "read_idx", "download_mnist", "to_float_images",
+__all__ = ["Dataset", "DataError", "is_download_failure", "stratified_split", "limit", "check_labels",
+           "batch_slices", "load_mnist", "load_digits", "read_idx", "download_mnist", "to_float_images",
            "MNIST_FILES", "MNIST_MIRRORS"]
+
+
+def is_download_failure(exc: BaseException) -> bool:
+    """True when the DataError ``exc`` says that a download failed (a mirror or the network:
+    the scripts exit with 1), not that the data given is missing or unusable (bad input:
+    they exit with 2). The loaders raise a failed download's DataError from the one the
+    download raised, and no other DataError from a DataError."""
+    return isinstance(exc, DataError) and isinstance(exc.__cause__, DataError)
 
 
 def stratified_split(x, y, fraction: float, rng: np.random.Generator):

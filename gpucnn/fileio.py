@@ -1,8 +1,11 @@
-"""Atomic file output: a crash, NaN stop or Ctrl-C never leaves a half-written file."""
+"""Atomic file output: a crash, NaN stop or Ctrl-C never leaves a half-written file; and
+a full disk said in numbers (DiskFullError: the file, the space it needs, the space free)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -55,3 +58,60 @@ def _interrupts_deferred():
         signal.signal(signal.SIGINT, previous)
         if caught:
             raise KeyboardInterrupt
+
+
+# -- a full disk ---------------------------------------------------------------------------
+class DiskFullError(OSError):
+    """No room on the device for ``path`` (errno ENOSPC, so ``except OSError`` still
+    catches it). Its message names the file, about how many bytes the write needs (an
+    atomic write needs a whole new copy beside the old file), what is free, and
+    ``kept``: what the old file still holds; ``before``: found by checking the free space
+    before writing (nothing was written).
+
+        no space left on device writing runs/x.npz (needs about 12.3 MiB, 1.1 MiB free);
+        runs/x.npz still holds epoch 2"""
+
+    def __init__(self, path, needed: int | None, free: int | None, kept: str = "", before: bool = False):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        self.path, self.needed, self.free, self.kept, self.before = os.fspath(path), needed, free, kept, before
+
+    def __str__(self) -> str:
+        head = f"not enough space on device for {self.path}" if self.before else \
+            f"no space left on device writing {self.path}"
+        sizes = [f"needs about {format_bytes(self.needed)}"] if self.needed is not None else []
+        sizes += [f"{format_bytes(self.free)} free"] if self.free is not None else []
+        return head + (f" ({', '.join(sizes)})" if sizes else "") + (f"; {self.kept}" if self.kept else "")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError saying the device is full (ENOSPC, or EDQUOT: over a quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path) -> int | None:
+    """Bytes free to this user on the device that holds ``path`` (or would: the nearest
+    existing folder above it); None when that cannot be asked."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return int(shutil.disk_usage(folder).free)
+    except OSError:
+        return None
+
+
+def check_free_space(path, needed: int, kept: str = "") -> None:
+    """Raise DiskFullError unless the device of ``path`` has ``needed`` bytes free."""
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise DiskFullError(path, needed, free, kept, before=True)
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> "1.5 KiB", 12_900_000 -> "12.3 MiB": one decimal, binary units."""
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"

@@ -62,8 +62,11 @@ def parse_image_size(text) -> tuple[int, int]:
         numbers = [int(p) for p in parts]
     except ValueError:
         numbers = []
-    if len(numbers) not in (1, 2) or min(numbers, default=0) < 1:
+    if len(numbers) not in (1, 2):
         raise ValueError(f"expected HxW in pixels, e.g. 28x28 (or one number for a square), got {text!r}")
+    if min(numbers) < 1:
+        raise ValueError(f"expected HxW in pixels, e.g. 28x28: the height and width must be positive, "
+                         f"got {text!r}")
     return (numbers[0], numbers[-1])
 
 

@@ -1,7 +1,7 @@
 """The loops: fit (epochs, validation, history), train_epoch (one shuffled pass of
 optimizer steps), evaluate and held_out_report (loss, accuracy, predictions in evaluation
 mode). Library functions on arrays and a model; gpucnn.train.run builds a whole run
-(data, model, checkpoints) around them."""
+(data, model, checkpoints) around them. fit's callbacks are in callbacks.py."""
 from __future__ import annotations
 
 import time
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .callbacks import CallbackList, FunctionCallback
 from .data import batch_slices, check_labels
 from .distributed import (ShardedSampler, SingleProcess, StopSignal, allreduce_metrics, check_lockstep,
                           gradients_of, main_process_log, shard_range, state_of, step_generator)
@@ -19,7 +20,7 @@ from .model import Sequential
 from .pixels import check_image_dtype, float_batch, gather_batch
 from .predict import EVAL_BATCH_SIZE  # evaluate() and held_out_report() without a batch size: as predict
 from .random import default_generator
-from .report import Progress, format_epoch, stderr_is_terminal
+from .report import Progress, format_epoch, progress_bar_shown
 
 __all__ = ["NonFiniteLossError", "eval_mode", "evaluate", "held_out_report", "train_epoch", "fit"]
 
@@ -84,7 +85,7 @@ def evaluate(model: Sequential, x, y, batch_size: int = EVAL_BATCH_SIZE, comm=No
 
 
 def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_fn=None, augment=None,
-                schedule=None, comm=None, sampler=None, stop=None):
+                schedule=None, comm=None, sampler=None, stop=None, callbacks=None):
     """One pass over device arrays x (N, C, H, W), y (N,) in a fresh random order; x holds
     uint8 pixels 0..255 or float pixels in [0, 1], each gathered uint8 batch becomes float32
     in [0, 1] on the device (gpucnn.pixels.float_batch) before ``augment`` and the model.
@@ -92,7 +93,9 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
     ``loss_fn``: a SoftmaxCrossEntropy (label smoothing; plain by default); ``augment``:
     called as augment(xb, rng) on each gathered batch; ``schedule``: stepped after every
     optimizer step. ``rng`` alone draws the order, the augmentations and (through the
-    model's Dropout layers) the masks, so restoring its state replays them.
+    model's Dropout layers) the masks, so restoring its state replays them. ``callbacks``:
+    a gpucnn.callbacks.CallbackList whose batch hooks run around every step (none: no
+    call at all; the batch's loss is read from the device only when a callback asks).
 
     Returns (per-batch losses, batch sizes, correct count) on the host. Inside the
     batch loop nothing is copied between host and device: the shuffled order is
@@ -120,8 +123,11 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
         correct.fill(0)
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     per_step_randomness = augment is not None or (dropouts and comm.size > 1)
+    hooks = callbacks if callbacks is not None and callbacks.batch_hooks else None
     for b, shard in enumerate(shards):
         count = shard.stop - shard.start  # this rank's part of the global batch (may be 0)
+        if hooks is not None:
+            hooks.train_batch_begin(b, count)
         # one process: rng itself. N ranks: a generator of this rank's own for this step, from
         # one draw on every rank, so the shuffling generator stays in lockstep (and is not
         # touched at all when nothing draws per step: N ranks then train as one process)
@@ -145,6 +151,8 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, progress=None, *, loss_
             optimizer.step()
         if schedule is not None:
             schedule.step()  # the rate of the next batch
+        if hooks is not None:
+            hooks.train_batch_end(b, count, batch_losses[b:b + 1])  # read only if a callback asks
         if progress is not None:
             progress(b, batch_losses, correct, shard.stop)
         if stop is not None and stop.requested():  # Ctrl-C: every rank after the same step
@@ -183,7 +191,7 @@ def _to_device(model, data, name):
 
 def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, verbose=2,
         start_epoch=0, history=None, on_epoch_end=None, log=print, loss_fn=None, augment=None,
-        schedule=None, comm=None, on_batches=None):
+        schedule=None, comm=None, on_batches=None, callbacks=None):
     """Train ``model`` from ``start_epoch`` up to ``epochs`` (the total, as Keras'
     initial_epoch) on ``train`` = (x (N, C, H, W), y (N,)), checking on ``val`` = (x, y)
     after each epoch (None: no validation). Images are uint8 pixels 0..255 (as the
@@ -203,18 +211,27 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
 
     Returns the history: one dict per epoch (train_loss, train_acc, val_loss, val_acc,
     seconds, images_per_s; no val_* without ``val``). ``verbose``: 0 silent, 1 a progress
-    bar on stderr when it is a terminal plus one line per epoch, 2 one line per epoch.
-    ``on_epoch_end(epoch, history)`` runs after each epoch (checkpointing);
+    bar (on stderr when it is a terminal; in a Jupyter notebook, a widget) plus one line
+    per epoch, 2 one line per epoch.
+
+    ``callbacks``: gpucnn.callbacks.Callback objects (Keras's hooks: train, epoch and
+    batch begin/end), called in their order; each epoch's on_epoch_end runs before its
+    line is printed (a printed epoch is a saved epoch). A callback that sets
+    ``model.stop_training = True`` (EarlyStopping) ends training after that epoch: fit
+    logs "early stop after epoch K: ..." and returns the history as after its last
+    epoch. The older single functions still work, run after the callbacks:
+    ``on_epoch_end(epoch, history)`` after each epoch (checkpointing);
     ``on_batches(epoch, losses, sizes)`` after each epoch's training steps, with the host
     per-batch losses (B,) and batch sizes (B,) (per-step logging). A NaN/inf loss
-    raises NonFiniteLossError naming the epoch and batch, before ``on_epoch_end`` could
+    raises NonFiniteLossError naming the epoch and batch, before any on_epoch_end could
     save the bad weights.
 
     ``comm`` (gpucnn.distributed; None: one process): data-parallel training over its
     ranks, every rank calling fit with the same data and generator state. ``batch_size``
     is the global batch (divisible by the number of ranks); the history is the same on
     every rank; only rank 0 logs; ``on_epoch_end`` runs on every rank (save where
-    ``comm.is_main``); BatchNorm statistics are rank 0's after each epoch.
+    ``comm.is_main``); BatchNorm statistics are rank 0's after each epoch; callbacks run on
+    every rank, and training stops on every rank when one rank's callbacks ask.
     """
     comm = SingleProcess() if comm is None else comm
     log = main_process_log(comm, log)
@@ -225,16 +242,25 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
         val = _to_device(model, val, "val")
     sampler = ShardedSampler(len(y), batch_size, comm.rank, comm.size, rng)
     eval_batch = max(1, batch_size // comm.size)  # a rank validates in batches of its training shard
-    show_bar = verbose == 1 and comm.is_main and stderr_is_terminal()
+    show_bar = verbose == 1 and comm.is_main and progress_bar_shown()
+    metrics = ["train_loss", "train_acc", *(["val_loss", "val_acc"] if val is not None else []),
+               *(["lr"] if schedule is not None else []), "seconds", "images_per_s"]
+    older = [FunctionCallback(history, on_epoch_end, on_batches)] if on_epoch_end or on_batches else []
+    callbacks = CallbackList([*(callbacks or []), *older], model,
+                             {"epochs": epochs, "start_epoch": start_epoch, "steps": len(sampler),
+                              "verbose": verbose, "metrics": metrics})
+    model.stop_training = False  # a callback sets it to end training after the epoch (as Keras)
+    callbacks.call("on_train_begin", {})
     with StopSignal(comm) as stop:  # distributed: Ctrl-C stops every rank after the same step
         for epoch in range(start_epoch + 1, epochs + 1):
+            callbacks.call("on_epoch_begin", epoch, {})
             progress = Progress(len(sampler), f"epoch {epoch}/{epochs}", model.backend) if show_bar else None
             start = time.perf_counter()
             model.train()
             try:
                 losses, sizes, correct = train_epoch(model, optimizer, x, y, batch_size, rng, progress,
                                                      loss_fn=loss_fn, augment=augment, schedule=schedule,
-                                                     comm=comm, sampler=sampler, stop=stop)
+                                                     comm=comm, sampler=sampler, stop=stop, callbacks=callbacks)
             finally:
                 if progress is not None:
                     progress.close()
@@ -245,8 +271,7 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
                 raise NonFiniteLossError(
                     f"the training loss became {losses[b]} at epoch {epoch}, batch {b + 1} of {len(losses)}; "
                     "training stopped (try a lower --lr); the last good checkpoint was not touched")
-            if on_batches is not None:
-                on_batches(epoch, losses, sizes)
+            callbacks.call("on_epoch_batches", epoch, losses, sizes)
             record = {"epoch": epoch, "train_loss": float(np.sum(losses * sizes) / sizes.sum()),
                       "train_acc": correct / len(y)}
             if comm.size > 1 and state_of(model):  # BatchNorm statistics: rank 0's, as saved and evaluated
@@ -259,13 +284,28 @@ def fit(model, optimizer, train, val=None, *, epochs, batch_size=32, rng=None, v
             seconds = time.perf_counter() - start
             record.update(seconds=seconds, images_per_s=len(y) / seconds)  # all ranks' images
             history.append(record)
-            if on_epoch_end is not None:  # first: a printed epoch is a saved epoch
-                on_epoch_end(epoch, history)
+            callbacks.call("on_epoch_end", epoch, record)  # first: a printed epoch is a saved epoch
             if verbose:
                 log(format_epoch(record, epochs))
             if stop.requested():
                 raise KeyboardInterrupt
+            if _stop_training(model, comm):
+                if verbose:
+                    reasons = [c.reason for c in callbacks.callbacks if getattr(c, "stopped_epoch", None) == epoch]
+                    log(f"early stop after epoch {epoch}: "
+                        + ("; ".join(reasons) or "a callback set model.stop_training"))
+                break
+    callbacks.call("on_train_end", history[-1] if history else {})
     return history
+
+
+def _stop_training(model, comm) -> bool:
+    """model.stop_training, as a callback left it; distributed: True on every rank when
+    any rank's callbacks set it (one collective per epoch, so that all ranks stop together)."""
+    stopping = bool(getattr(model, "stop_training", False))
+    if comm.size > 1:
+        stopping = allreduce_metrics(comm, {"stop": int(stopping)})["stop"] > 0
+    return stopping
 
 
 def held_out_report(model: Sequential, x, y, num_classes: int, batch_size: int = EVAL_BATCH_SIZE, comm=None):

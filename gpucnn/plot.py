@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from .backend import to_host
+from .report import run_class_names
 
 
 def _matplotlib():
@@ -78,17 +79,20 @@ def plot_run(result: dict, path) -> None:
 
 def run_figure(result: dict):
     """The matplotlib Figure of a :func:`gpucnn.train.run` result: loss and accuracy (%)
-    per epoch, the test confusion matrix, the test accuracy per class and the first-layer
-    kernels as one image, under a title naming architecture, dataset, epochs and accuracy."""
+    per epoch, the test confusion matrix, the test accuracy per class (from 0%) and the
+    first-layer kernels as one image, under a title naming architecture, dataset, epochs
+    and accuracy. The matrix and the bars are labelled with the class names when the run
+    has them (:func:`gpucnn.report.run_class_names`), else the class numbers; every
+    legend sits outside its axes, so it hides no curve and no bar."""
     matplotlib, Figure = _matplotlib()
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     history = result["history"]
     epochs = [h["epoch"] for h in history]
     has_val = bool(history) and "val_loss" in history[0]
-    fig = Figure(figsize=(16, 7), layout="constrained")
+    fig = Figure(figsize=(17, 7.5), layout="constrained")
     fig.suptitle(run_title(result), fontsize=15)
-    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1.15, 1.35])
+    grid = fig.add_gridspec(2, 3, width_ratios=[1.25, 1.15, 1.35])
 
     loss_ax = fig.add_subplot(grid[0, 0])
     loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -107,10 +111,13 @@ def run_figure(result: dict):
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        _legend_outside(ax)
 
     matrix = np.asarray(result["confusion_matrix"])
     classes = len(matrix)
+    names = run_class_names(result)
+    if names is None or len(names) != classes:  # no names (or not these classes): the numbers
+        names = [str(k) for k in range(classes)]
     ax = fig.add_subplot(grid[:, 1])
     image = ax.imshow(matrix, cmap="Blues")
     digits = len(str(matrix.max()))
@@ -120,6 +127,8 @@ def run_figure(result: dict):
                 color="white" if v > matrix.max() / 2 else "black")
     ax.set(title=f"test confusion matrix ({matrix.sum()} images)", xlabel="predicted class",
            ylabel="true class", xticks=range(classes), yticks=range(classes))
+    _class_ticks(ax.xaxis, names)
+    _class_ticks(ax.yaxis, names)
     fig.colorbar(image, ax=ax, shrink=0.6, label="images")
 
     ax = fig.add_subplot(grid[1, 2])
@@ -128,11 +137,12 @@ def run_figure(result: dict):
     ax.axhline(100 * result["test_acc"], color="black", linestyle="--", linewidth=1,
                label=f"all classes {result['test_acc']:.2%}")
     ax.set(title="test accuracy per class", xlabel="true class", ylabel="accuracy (%)",
-           xticks=range(classes), ylim=(max(0.0, 5 * np.floor(per_class.min() / 5 - 1)), 100))
+           xticks=range(classes), ylim=(0, 100))  # from 0: bar heights compare as ratios
+    _class_ticks(ax.xaxis, names)
     ax.yaxis.set_major_locator(MaxNLocator(steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", framealpha=0.95)
+    _legend_outside(ax)
 
     convs = [layer for layer in result["model"].layers if getattr(layer.params.get("weight"), "ndim", 0) == 4]
     if not convs:  # e.g. a JSON architecture of Dense layers: no kernels to show
@@ -150,6 +160,21 @@ def run_figure(result: dict):
     ax.set_yticks([])
     fig.colorbar(image, ax=ax, orientation="horizontal", shrink=0.8, aspect=40, label="weight")
     return fig
+
+
+def _legend_outside(ax) -> None:
+    """The legend of ``ax`` right of its plotting area, top-aligned: it covers no data
+    (the constrained layout makes room for it)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize="small")
+
+
+def _class_ticks(axis, names: list) -> None:
+    """Label the ticks 0..K-1 of ``axis`` with the K class ``names``; the x axis turns
+    them 45 degrees (anchored at the tick) when any is longer than 2 characters."""
+    axis.set_ticks(range(len(names)), labels=names)
+    if axis.axis_name == "x" and max(len(n) for n in names) > 2:
+        for label in axis.get_ticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
 
 
 def _span(ax) -> float:

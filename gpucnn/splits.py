@@ -92,10 +92,7 @@ def plan_splits(train_y: np.ndarray, test_y: np.ndarray, limit_train: int | None
     present = np.unique(train_y)
     if not val_given:
         check_split_sizes(len(train_y), limit_train, val_fraction, len(present))
-    test_classes = np.unique(test_y)
-    if limit_test is not None and limit_test < min(len(test_classes), len(test_y)):
-        raise SplitError(f"--limit-test {limit_test} cannot hold one image of each of the "
-                         f"{len(test_classes)} classes; pass --limit-test {len(test_classes)} or more")
+    test_classes = _check_limit_test(test_y, limit_test)
 
     subset, subset_y = limit(np.arange(len(train_y)), train_y, limit_train, rng)  # (n,) indices
     if val_given:
@@ -108,6 +105,22 @@ def plan_splits(train_y: np.ndarray, test_y: np.ndarray, limit_train: int | None
                          + ("; pass a larger --limit-train" if limit_train is not None else ""))
     train, _, val, _ = stratified_split(subset, subset_y, val_fraction, rng)
     return Splits(train, val, _test_subset(test_y, limit_test, test_classes, rng))
+
+
+def plan_test_subset(test_y: np.ndarray, limit_test: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """The --limit-test subset alone (None: every test image), for a model whose training
+    run's draws are unknown (a model file, another dataset). Raises SplitError as
+    :func:`plan_splits` does; the training images' split is not checked."""
+    return _test_subset(test_y, limit_test, _check_limit_test(test_y, limit_test), rng)
+
+
+def _check_limit_test(test_y, limit_test) -> np.ndarray:
+    """The test images' classes; SplitError when --limit-test cannot hold one of each."""
+    test_classes = np.unique(test_y)
+    if limit_test is not None and limit_test < min(len(test_classes), len(test_y)):
+        raise SplitError(f"--limit-test {limit_test} cannot hold one image of each of the "
+                         f"{len(test_classes)} classes; pass --limit-test {len(test_classes)} or more")
+    return test_classes
 
 
 def _test_subset(test_y, limit_test, test_classes, rng) -> np.ndarray | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 
 import numpy as np
@@ -15,9 +16,11 @@ import numpy as np
 from . import datasets
 from .augment import parse_augment
 from .backend import get_backend
-from .checkpoint import (CheckpointError, checkpoint_arrays, load_checkpoint,  # noqa: F401
+from .callbacks import EarlyStopping, better_epoch
+from .checkpoint import (CheckpointError, check_checkpoint_space, checkpoint_arrays, load_checkpoint,  # noqa: F401
                          load_trained_model, save_checkpoint, write_checkpoint)
-from .config import FlagError, TrainConfig, check_resume, make_optimizer
+from .config import FlagError, TrainConfig, make_optimizer
+from .resume import check_resume, resume_changes
 from .data import Dataset, batch_slices, check_labels
 from .datasets import channel_stats
 from .distributed import SingleProcess, get_communicator, main_process_log, parameters_of, state_of
@@ -49,6 +52,37 @@ class TrainingInterrupted(KeyboardInterrupt):
         where = (f"epoch {epoch} is saved in {checkpoint}" if checkpoint else
                  "no epoch had completed, nothing to resume")
         super().__init__(f"interrupted during epoch {during}; {where}{note}")
+
+
+# -- the best epoch and early stopping (--save-best, --patience) ---------------------------
+def best_checkpoint_path(checkpoint) -> str:
+    """Where --save-best keeps the best epoch, beside --checkpoint: runs/x.npz ->
+    runs/x.best.npz (runs/x -> runs/x.best)."""
+    root, ext = os.path.splitext(os.fspath(checkpoint))
+    return f"{root}.best{ext}"
+
+
+def early_stopping(config: TrainConfig, meta: dict | None = None) -> EarlyStopping | None:
+    """--patience N as an EarlyStopping on the validation loss (None without --patience).
+    Resuming (``meta``: the checkpoint's), the count goes on from where it was: from the
+    checkpoint's "early_stopping" record, else rebuilt from its history. Raises FlagError
+    when the checkpoint's run has already gone N epochs without a better validation loss
+    (it stopped early, or would have): a larger --patience trains on."""
+    if config.patience is None:
+        return None
+    stopper = EarlyStopping("val_loss", patience=config.patience)
+    if meta is None:
+        return stopper
+    if meta.get("early_stopping") is not None:
+        stopper.load_state_dict(meta["early_stopping"])
+    else:
+        stopper.replay(meta["history"])
+    if stopper.wait >= stopper.patience:
+        raise FlagError(f"--patience {config.patience}: {config.resume} has gone {stopper.wait} epoch"
+                        f"{'s' * (stopper.wait != 1)} without a better validation loss (the best: epoch "
+                        f"{stopper.best_epoch}), as many as --patience allows; pass --patience {stopper.wait + 1} "
+                        "or more to train on")
+    return stopper
 
 
 # -- the whole job ------------------------------------------------------------------------
@@ -150,9 +184,12 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     checkpoint = load_checkpoint(config.resume) if config.resume else None
     if checkpoint is not None:
         check_resume(config, checkpoint["meta"])
+    stopper = early_stopping(config, checkpoint["meta"] if checkpoint is not None else None)
     backend = get_backend(config.device)
     comm, log = _communicator(config, backend, comm, log)
     log(f"config: {json.dumps(config.applicable())}")
+    if checkpoint is not None and (changed := resume_changes(config, checkpoint["meta"])):
+        log(f"resume: changed from the checkpoint: {', '.join(changed)}")
     log(f"device: {backend.name}" + (" (no usable GPU found, see the warning above)"
                                      if config.device == "gpu" and backend.name == "cpu" else ""))
     if config.distributed:
@@ -204,11 +241,14 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
         log(model.summary((1, *about_data["input_shape"])))
 
     def run_meta():  # what a checkpoint records besides the weights and the optimizer
-        return {**about_data, "schedule": {"epochs": schedule_epochs, "state": schedule.state_dict()}}
+        meta = {**about_data, "schedule": {"epochs": schedule_epochs, "state": schedule.state_dict()}}
+        if stopper is not None:  # --patience: the count a resume continues
+            meta["early_stopping"] = stopper.state_dict()
+        return meta
 
     augment = parse_augment(config.augment)
     fit_options = dict(loss_fn=SoftmaxCrossEntropy(config.label_smoothing), schedule=schedule,
-                       augment=augment if augment else None)
+                       augment=augment if augment else None, callbacks=[stopper] if stopper is not None else None)
     if backend.graphs:  # asked for (GPUCNN_CUDA_GRAPHS=1): say whether this run's step allows them
         reason = graphs_unavailable(model, optimizer, fit_options["augment"], comm)
         log("CUDA graphs: " + ("on (full batches replay one recorded step)" if reason is None else f"off: {reason}"))
@@ -223,7 +263,8 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
         tensorboard = run_log(config.log_dir, schedule, start_epoch * steps_per_epoch, fit_options, log)
     try:
         history = _fit_keeping_epochs(config, model, optimizer, train_dev, val_dev, data_rng, start_epoch,
-                                      history, log, run_meta, fit_options, comm, tensorboard, steps_per_epoch)
+                                      history, log, run_meta, fit_options, comm, tensorboard, steps_per_epoch,
+                                      best=checkpoint["meta"].get("best") if checkpoint is not None else None)
     except BaseException:
         if tensorboard is not None:
             tensorboard.close()
@@ -235,9 +276,9 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
     log(f"test: loss {test_loss:.4f}  accuracy {test_acc:.2%} on {len(test_y)} held-out images")
     log("confusion matrix (rows: true class, columns: predicted):\n"
         + format_confusion(matrix, about_data["class_names"]))
-    if tensorboard is not None:
-        tensorboard.test(test_loss, test_acc, config.epochs * steps_per_epoch)
-        tensorboard.filters(model, config.epochs * steps_per_epoch)
+    if tensorboard is not None:  # at the last epoch's step (earlier than --epochs after an early stop)
+        tensorboard.test(test_loss, test_acc, history[-1]["epoch"] * steps_per_epoch)
+        tensorboard.filters(model, history[-1]["epoch"] * steps_per_epoch)
         tensorboard.close()
     model.data_info = {k: about_data[k] for k in ("input_shape", "class_names", "image_stats")
                        if about_data[k] is not None}  # saved by model.save, exported to ONNX
@@ -247,35 +288,56 @@ def run(config: TrainConfig, log=print, comm=None) -> dict:
 
 
 def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_epoch, history, log,
-                        run_meta, fit_options, comm=None, tensorboard=None, steps_per_epoch=None):
+                        run_meta, fit_options, comm=None, tensorboard=None, steps_per_epoch=None, best=None):
     """fit(), saving every completed epoch to --checkpoint. Without --checkpoint the last
     completed epoch is kept in host memory and written to INTERRUPTED_CHECKPOINT on
     Ctrl-C. Either way a Ctrl-C raises TrainingInterrupted naming the file that holds the
     last completed epoch; a second Ctrl-C during a save leaves the previous file whole.
     Distributed: only rank 0 saves (every rank holds the same weights). ``tensorboard``:
-    a TensorBoardLog that gets each epoch's record (at step epoch * ``steps_per_epoch``)."""
+    a TensorBoardLog that gets each epoch's record (at step epoch * ``steps_per_epoch``).
+
+    With --save-best an epoch that beats ``best`` (the checkpoint's "best" record: epoch,
+    val_acc, val_loss; None: none yet) by :func:`gpucnn.callbacks.better_epoch` is also
+    written to :func:`best_checkpoint_path`; every checkpoint records the best so far
+    (meta "best"), so a resume that does worse never replaces that file."""
     comm = SingleProcess() if comm is None else comm
     saved = {"epoch": start_epoch, "path": config.resume if start_epoch else None}
     pending = {"epoch": start_epoch, "arrays": None}  # without --checkpoint: the last epoch, in memory
+    kept = {"best": best}  # the best epoch's record, carried from checkpoint to checkpoint
 
     def on_epoch_end(epoch, hist):
         if tensorboard is not None:
             tensorboard.epoch(hist[-1], epoch * steps_per_epoch)
+        improved = config.save_best and better_epoch(hist[-1], kept["best"])  # the same on every rank
+        if improved:
+            kept["best"] = {key: hist[-1][key] for key in ("epoch", "val_acc", "val_loss")}
         if not comm.is_main:  # distributed: rank 0 writes the files (every rank holds the same weights)
             if config.checkpoint:
                 saved.update(epoch=epoch, path=config.checkpoint)
             return
-        arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist, run_meta())
+        meta = run_meta()
+        if kept["best"] is not None:
+            meta["best"] = kept["best"]
+        arrays = checkpoint_arrays(model, optimizer, epoch, data_rng, config, hist, meta)
         if config.checkpoint:
             write_checkpoint(config.checkpoint, arrays)  # atomic
             saved.update(epoch=epoch, path=config.checkpoint)
+            if improved:
+                write_checkpoint(best_checkpoint_path(config.checkpoint), arrays)  # atomic too
         else:
             pending.update(epoch=epoch, arrays=arrays)
 
+    if config.checkpoint and comm.is_main:  # a disk too full for one save fails now, not after an epoch
+        check_checkpoint_space(config.checkpoint, model, optimizer, config.epochs)
     try:
-        return fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
-                   rng=data_rng, verbose=config.verbose, start_epoch=start_epoch, history=history,
-                   on_epoch_end=on_epoch_end, log=log, comm=comm, **fit_options)
+        history = fit(model, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
+                      rng=data_rng, verbose=config.verbose, start_epoch=start_epoch, history=history,
+                      on_epoch_end=on_epoch_end, log=log, comm=comm, **fit_options)
+        if config.save_best and kept["best"] is not None:
+            b = kept["best"]
+            log(f"best: epoch {b['epoch']} (val_acc {b['val_acc']:.2%}, val_loss {b['val_loss']:.4f}), "
+                f"kept in {best_checkpoint_path(config.checkpoint)}")
+        return history
     except KeyboardInterrupt:
         during, note = max(saved["epoch"], pending["epoch"]) + 1, ""
         if pending["arrays"] is not None:
@@ -293,4 +355,4 @@ def _fit_keeping_epochs(config, model, optimizer, train, val, data_rng, start_ep
 __all__ = ["TrainConfig", "FlagError", "SplitError", "CheckpointError", "NonFiniteLossError",
            "TrainingInterrupted", "make_optimizer", "fit", "evaluate", "eval_mode", "train_epoch", "run",
            "save_checkpoint", "load_checkpoint", "load_trained_model", "held_out_report",
-           "format_confusion", "write_metrics_json"]
+           "format_confusion", "write_metrics_json", "best_checkpoint_path", "early_stopping"]

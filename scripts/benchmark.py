@@ -74,6 +74,7 @@ from gpucnn.backend import get_backend, gpu_status  # noqa: E402
 from gpucnn.kernel_groups import ENV_VAR as KERNELS_ENV  # noqa: E402
 from gpucnn.parallel import set_num_threads  # noqa: E402
 from benchmarking.cli import parse_args  # noqa: E402
+from cli_output import quiet_when_stdout_closes  # noqa: E402
 from benchmarking.gemm_floor import gemm_floor_seconds  # noqa: E402
 from benchmarking.gpu_bench import gpu_setup, gpu_table, target_plan  # noqa: E402
 from benchmarking.measure import REWARM_STEPS, SETTLE_SECONDS, SgemmPeak, cpu_name, measure  # noqa: E402
@@ -98,6 +99,7 @@ def write_json(path, result):
         print(f"\nwritten to {path}")
 
 
+@quiet_when_stdout_closes  # `benchmark.py | head` ends quietly
 def main(argv=None):
     args = parse_args(argv)
     if args.gpu_model:
@@ -130,8 +132,8 @@ def main(argv=None):
     clock = time.process_time if args.cpu_time else time.perf_counter
 
     if args.gpu_targets and gpu_status()[0] is None:
-        print(f"--gpu-targets expected a usable GPU, got none: {gpu_status()[1]}; run it on a GPU machine "
-              "(or time the CPU with --archs and --batch-sizes)", file=sys.stderr)
+        print(f"benchmark.py: error: --gpu-targets expected a usable GPU, got none: {gpu_status()[1]}; run it on "
+              "a GPU machine (or time the CPU with --archs and --batch-sizes)", file=sys.stderr)
         return 2
     if args.device == "all":
         names = ["cpu"] + (["gpu"] if gpu_status()[0] is not None else [])

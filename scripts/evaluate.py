@@ -6,7 +6,9 @@
 A training checkpoint (from train.py --checkpoint) records its dataset, data folder and
 test subset (--limit-test): they are used unless a flag says otherwise. A model file
 (Sequential.save) records none: mnist unless --dataset says otherwise. The model takes
-raw images: a run's input normalisation is its first layer.
+raw images: a run's input normalisation is its first layer. Bad input (a file that is
+not a model, data it cannot take, an image folder it cannot read) exits with status 2
+and one line.
 """
 from __future__ import annotations
 
@@ -19,18 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
-from argtypes import positive_int  # noqa: E402
+from argtypes import ArgumentParser, positive_int  # noqa: E402
+from cli_output import quiet_when_stdout_closes  # noqa: E402
 from gpucnn.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
 from gpucnn.images import parse_image_size  # noqa: E402
 
 DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
 
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="evaluate.py", description=__doc__.strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a training checkpoint (train.py --checkpoint) or a model file (Sequential.save)")
     p.add_argument("--dataset", metavar="NAME|FILE.npz|FOLDER",
                    help=f"the test images to use: {', '.join(DATASETS)}, a .npz file or a folder of images with "
@@ -102,6 +103,7 @@ def check_dataset_flags(p, args, dataset: str) -> None:
                     f"the dataset is {dataset}")
 
 
+@quiet_when_stdout_closes  # `evaluate.py CKPT | head -1` ends quietly, with 0
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
@@ -109,33 +111,47 @@ def main(argv=None):
     try:
         architecture, params, meta = read_model(args.model)
         model = rebuild(architecture, params, args.model)
-    except CheckpointError as exc:
-        p.error(f"argument model: {exc}")
+    except CheckpointError as exc:  # no such file, not a checkpoint or model file, damaged
+        p.refuse(f"argument model: {exc}")
     dataset, data_dir, limit_test, recorded, source = choose_data(args, meta and meta["config"])
+    if args.dataset is None and meta:  # the checkpoint's dataset: a file or folder that may be gone
+        from gpucnn.config import FlagError
+        from gpucnn.resume import check_recorded_dataset
+        try:
+            check_recorded_dataset(dataset, "evaluate on a copy of it")
+        except FlagError as exc:
+            p.error(f"argument model: {exc}")
     check_dataset_flags(p, args, dataset)
 
     from gpucnn import datasets
     from gpucnn.backend import get_backend
     from gpucnn.checkpoint import read_data_info
-    from gpucnn.data import check_labels
+    from gpucnn.data import check_labels, is_download_failure
     from gpucnn.report import format_confusion
-    from gpucnn.splits import SplitError, data_generator, plan_splits
+    from gpucnn.splits import SplitError, data_generator, plan_splits, plan_test_subset
     from gpucnn.train import EVAL_BATCH_SIZE, held_out_report
 
     info = read_data_info(args.model)  # input shape, class names
     try:
         data = datasets.load(dataset, data_dir, download=args.download, **folder_options(dataset, info, recorded))
         check_labels(data.test_y, data.num_classes, "test")
-    except (datasets.DataError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except datasets.DataError as exc:  # missing, corrupt, an image folder with one class: bad input
+        if not is_download_failure(exc):
+            p.refuse(exc)
+        print(f"error: {exc}", file=sys.stderr)  # a mirror or the network failed
         return 1
+    except ImportError as exc:  # an image folder without Pillow: the line says what to install
+        p.refuse(exc)
     # the same draws as the training run: its test subset, whatever else it limited
     settings = recorded or {"seed": 0, "limit_train": None, "val_fraction": 0.1}
     try:
         test = plan_splits(data.train_y, data.test_y, settings["limit_train"], settings["val_fraction"],
                            limit_test, data_generator(settings["seed"]), val_given=data.val_x is not None).test
-    except SplitError as exc:
-        p.error(str(exc))
+    except SplitError:  # training images too few to split as a run would: only the test subset matters
+        try:
+            test = plan_test_subset(data.test_y, limit_test, data_generator(settings["seed"]))
+        except SplitError as exc:  # --limit-test too small
+            p.error(str(exc))
     test_x, test_y = (data.test_x, data.test_y) if test is None else (data.test_x[test], data.test_y[test])
     kind = f"checkpoint after epoch {meta['epoch']}" if meta else "model file"
     print(f"model: {args.model} ({kind})")
@@ -146,9 +162,8 @@ def main(argv=None):
         if trained_on is not None and tuple(trained_on) != data.input_shape:
             raise ValueError(f"it was trained on images of shape {tuple(trained_on)}")
     except ValueError as exc:
-        print(f"error: {args.model} does not take {dataset} images of shape {data.input_shape} ({exc}); "
-              "pass the --dataset it was trained on", file=sys.stderr)
-        return 1
+        p.refuse(f"{args.model} does not take {dataset} images of shape {data.input_shape} ({exc}); "
+                 "pass the --dataset it was trained on")
     backend = get_backend(args.device)
     model.to(backend)
     print(f"device: {backend.name}")

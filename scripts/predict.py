@@ -11,9 +11,9 @@ MODEL is a training checkpoint (train.py --checkpoint), a model file (Sequential
 or an .onnx file (scripts/export.py; needs onnxruntime). Each image is prepared as the
 training images were: the model's channels (grayscale or RGB), resized to its image size,
 pixels / 255; the model normalises it itself. An image unlike the training images (its
-background polarity, its size) gets one "note:" line saying so and what to try. A file
-that cannot be read gets one "error:" line on stderr; the others are still classified,
-and the exit status is 1 when any failed (2 for a bad command line or model).
+background polarity, its size) gets one "note:" line saying so and what to try. Files
+that cannot be read are named on one "error:" line on stderr after the others are
+classified, and the exit status is 2, as for a bad command line or model.
 """
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
-from argtypes import positive_int  # noqa: E402
+from argtypes import ArgumentParser, positive_int  # noqa: E402
+from cli_output import quiet_when_stdout_closes  # noqa: E402
+
+SHOWN_BAD = 3  # unreadable files named in the error line; the count says how many more
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="predict.py", description=__doc__.strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a training checkpoint, a model file (Sequential.save) or an exported .onnx file")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files (.png .jpg .jpeg .bmp .gif .webp), or folders: every image in them")
@@ -49,34 +52,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def unreadable(results) -> str:
+    """The error line for the images that could not be read, e.g. "expected image files
+    ... that can be read, got 1 of 20 that cannot: notes.txt (not an image file); the
+    others were classified"."""
+    from gpucnn.images import IMAGE_EXTENSIONS
+
+    bad = [r for r in results if r.error is not None]
+    shown = "; ".join(f"{r.path} ({r.error})" for r in bad[:SHOWN_BAD])
+    more = f" and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    others = "; the others were classified" if len(bad) < len(results) else ""
+    return (f"expected image files ({' '.join(IMAGE_EXTENSIONS)}) that can be read, "
+            f"got {len(bad)} of {len(results)} that cannot: {shown}{more}{others}")
+
+
+@quiet_when_stdout_closes  # `predict.py ... | head -1` ends quietly, with 0
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if not Path(args.model).is_file():
-        p.error(f"argument model: no file at {args.model}")
+        p.refuse(f"argument model: no file at {args.model}")
     from gpucnn.checkpoint import CheckpointError
     from gpucnn.classify import classify_images, load_classifier
 
     try:
         classifier = load_classifier(args.model, args.device)
         results = classify_images(classifier, args.images, top_k=args.top_k, invert=args.invert)
-    except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (CheckpointError, ValueError) as exc:
-        p.error(f"argument model: {exc}")
+    except ImportError as exc:  # Pillow, or onnxruntime for an .onnx model: the line says what to install
+        p.refuse(exc)
+    except (CheckpointError, ValueError) as exc:  # not a model file, damaged, not an image model
+        p.refuse(f"argument model: {exc}")
     if not results:
         p.error(f"argument IMAGE_OR_FOLDER: no image files in {', '.join(args.images)}")
     if args.json:
         print(json.dumps({"model": args.model, "images": [r.to_dict() for r in results]}, indent=2))
     for r in results:
-        if r.error is not None:
-            print(f"error: {r.path}: {r.error}", file=sys.stderr)
-        elif not args.json:
+        if r.error is None and not args.json:
             print(f"{r.path}: " + ", ".join(f"{name} {p:.3f}" for name, p in zip(r.names, r.probabilities)))
             if r.note:
                 print(f"  note: {r.note}")
-    return 1 if any(r.error is not None for r in results) else 0
+    if any(r.error is not None for r in results):
+        sys.stdout.flush()  # the results first, then the error line
+        p.refuse(unreadable(results))
+    return 0
 
 
 if __name__ == "__main__":

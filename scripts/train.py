@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-r"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits or your own
-.npz file: a thin CLI over gpucnn.train.
+r"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits, your own
+.npz file or folder of images: a thin CLI over gpucnn.train.
 
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
     python scripts/train.py --arch lenet-bn --augment shift:2 --schedule onecycle --optimizer adamw \
         --lr 0.01 --batch-size 128 --epochs 12   # the README's results table has its accuracy
     python scripts/train.py --dataset cifar10 --download --arch cifar-small --augment shift:4,flip
     python scripts/train.py --checkpoint runs/c.npz --metrics-json runs/c.json --plot runs/c.png
+    python scripts/train.py --dataset shapes/ --image-size 32x32 --epochs 10 --checkpoint runs/shapes.npz
     mpiexec -n 2 python -m mpi4py scripts/train.py --distributed --batch-size 128   # 2 processes
 
 Every flag is checked before any data loads: a bad value, an output path that cannot
-be written or a checkpoint that cannot be resumed exits with status 2 and one line.
+be written or a checkpoint that cannot be resumed exits with status 2 and one line
+(plus "try 'train.py --help'" for a bad flag); so does data that cannot be used (an
+image folder with one class, a corrupt image). A failure exits with 1: a NaN loss, a
+full disk (the message names the file, the space a save needs and the space free).
 Log lines and the final result go to stdout, progress bars to stderr (only when it is a
 terminal). Ctrl-C exits with 130 and prints the command that resumes the run.
 """
@@ -36,7 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing, too
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/train_flags.py, argtypes.py
 
+import cli_output  # noqa: E402  (output that survives a closed pipe)
 import train_flags  # noqa: E402  (the flags: the parser, the config they make, the checks before data)
+from argtypes import one_line  # noqa: E402
+from cli_output import say, tell_user  # noqa: E402
 from train_flags import DATA_ROOT, check_args, given_flags  # noqa: E402,F401  (DATA_ROOT: tests read it here)
 
 
@@ -64,49 +71,6 @@ def resume_command(p, args, checkpoint: str) -> str:
     words += ["--resume", checkpoint, "--checkpoint", args.checkpoint or checkpoint]
     launcher = f"mpiexec -n {_job.size} python -m mpi4py " if _job is not None else "python "
     return launcher + shlex.join(words)
-
-
-# -- output that survives a closed pipe ----------------------------------------------------
-_gone = set()  # names of the standard streams whose reader has gone
-
-
-def _silence(name: str) -> None:
-    """Point sys.<name>'s file descriptor at os.devnull: later writes (and the flush at
-    exit) go nowhere instead of raising BrokenPipeError."""
-    _gone.add(name)
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, getattr(sys, name).fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError):  # not a real file (captured in tests): nothing to redirect
-        pass
-
-
-def say(*parts, stream: str = "stdout") -> bool:
-    """print() + flush to sys.<stream>; False (and the stream silenced) when its reader has
-    gone, as after Ctrl-C in `train.py | tee log` (SIGINT stops tee too)."""
-    if stream in _gone:
-        return False
-    try:
-        print(*parts, file=getattr(sys, stream), flush=True)
-        return True
-    except (BrokenPipeError, ValueError):
-        _silence(stream)
-        return False
-
-
-def tell_user(text: str) -> None:
-    """A message the user must see: stderr, else the terminal itself when stderr went
-    into a pipe that is gone (`2>&1 | tee log` after Ctrl-C)."""
-    if say(text, stream="stderr"):
-        return
-    try:
-        with open("/dev/tty", "w") as tty:
-            tty.write(text + "\n")
-    except OSError:
-        pass
 
 
 def one_line_warning(message, category, filename, lineno, line=None):
@@ -165,7 +129,7 @@ def finish(job, code: int) -> int:
 def main(argv=None):
     global _job
     warnings.formatwarning = one_line_warning  # e.g. the GPU fallback: one line, no source excerpt
-    _gone.clear()
+    cli_output.reset()
     _job = start_job(sys.argv[1:] if argv is None else argv)
     if _job is None:
         return cli(argv)
@@ -190,10 +154,25 @@ def cli(argv=None):
         return 130
 
 
+def refused(parser, exc) -> int:
+    """Bad input found after the flags were checked (the data, a checkpoint): one line, 2."""
+    tell_user(f"{parser.prog}: error: {one_line(exc)}")
+    return 2
+
+
 def train(parser, args, given: set | None = None) -> int:
-    config = check_args(parser, args, given)
+    """Check the flags (exit 2 on bad input), run, write the outputs. Exit status: 0; 2 for
+    bad input, also when found in the data (an image folder with one class, a corrupt
+    image); 1 for a failure (NaN loss, a full disk, a failed download, a crash); 130 for
+    Ctrl-C."""
+    from gpucnn.fileio import DiskFullError
+    try:
+        config = check_args(parser, args, given)
+    except DiskFullError as exc:  # the --checkpoint probe found the device full: a failure
+        tell_user(f"error: {exc}")
+        return 1
     from gpucnn.checkpoint import CheckpointError
-    from gpucnn.data import DataError
+    from gpucnn.data import DataError, is_download_failure
     from gpucnn.splits import SplitError
     from gpucnn.config import FlagError
     from gpucnn.report import write_metrics_json
@@ -202,10 +181,17 @@ def train(parser, args, given: set | None = None) -> int:
     log = say if config.verbose else (lambda *a, **k: None)
     try:
         result = run(config, log=log)
-    except (FlagError, SplitError) as exc:  # found once the labels are known: still a usage error
-        tell_user(f"{parser.prog}: error: {exc}")
-        return 2
-    except (CheckpointError, DataError, NonFiniteLossError, ValueError, ImportError) as exc:
+    except (FlagError, SplitError, CheckpointError) as exc:  # found once the data are known: bad input
+        return refused(parser, exc)
+    except DataError as exc:  # data that cannot be used (missing, corrupt, one class): bad input
+        if not is_download_failure(exc):
+            return refused(parser, exc)
+        tell_user(f"error: {exc}")
+        return 1
+    except (NonFiniteLossError, ValueError, ImportError) as exc:
+        tell_user(f"error: {exc}")
+        return 1
+    except DiskFullError as exc:  # names the file, the space a save needs and is free, the epoch kept
         tell_user(f"error: {exc}")
         return 1
     except OSError as exc:

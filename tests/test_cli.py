@@ -334,7 +334,7 @@ def test_a_run_logs_lines_on_stdout_no_bars_off_a_terminal_and_only_settings_tha
     assert sum(line.startswith("epoch ") for line in out.splitlines()) == 3
     assert out.splitlines()[-1].startswith("test accuracy: ")
     m = json.loads(metrics.read_text())
-    assert set(m) == {"device", "config", "history", "test_loss", "test_acc", "confusion_matrix"}
+    assert set(m) == {"device", "config", "history", "test_loss", "test_acc", "confusion_matrix", "class_names"}
     assert m["device"] == "cpu" and m["config"]["epochs"] == 3 and m["config"]["dataset"] == "digits"
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
     for h in m["history"]:
@@ -372,13 +372,13 @@ def test_download_is_off_unless_asked(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(gpucnn.datasets._FILE_LOADERS, "mnist", fake_load_mnist)
     for flags in ([], ["--download"]):
         status, _, err = main(train_cli, ["--data-dir", tmp_path, "--verbose", "0", *flags], capsys)
-        assert status == 1 and error_lines(err) == [f"error: MNIST files missing in {tmp_path}"]
+        assert status == 2 and error_lines(err) == [f"train.py: error: MNIST files missing in {tmp_path}"]
     assert calls == [False, True]
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     status, _, err = main(train_cli, ["--data-dir", tmp_path, "--verbose", "0"], capsys)
-    assert status == 1
+    assert status == 2 and len(err.splitlines()) == 1  # bad input: one line
     assert "MNIST files missing in" in err and "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
     assert "put them there" in err and "--download" in err  # both remedies
 
@@ -392,7 +392,7 @@ def test_evaluate_uses_the_checkpoints_dataset_and_test_subset(digits_checkpoint
     assert f"accuracy {result['test_acc']:.2%} on 100 images" in out  # the run's --limit-test 100
 
     status, out, err = main(evaluate_cli, [path, "--dataset", "mnist"], capsys)  # a wrong override
-    assert status == 1 and len(error_lines(err)) == 1
+    assert status == 2 and len(err.splitlines()) == 1
     assert f"{path} does not take mnist images of shape (1, 28, 28)" in err
 
 
@@ -405,7 +405,7 @@ def test_evaluate_a_model_file_says_which_dataset_it_used(tmp_path, digits_check
     assert "on 100 images" in out
     status, out, err = main(evaluate_cli, [model_file], capsys)  # defaults to mnist, says so
     assert "a model file records no dataset: mnist by default" in out
-    assert status == 1 and "does not take mnist images" in err
+    assert status == 2 and "does not take mnist images" in err
 
 
 # -- the GPU fallback and the plot ----------------------------------------------------------

@@ -102,7 +102,7 @@ def test_missing_files_name_both_remedies(tmp_path):
     message = str(caught.value)
     assert "MNIST files missing in" in message and "train-images-idx3-ubyte.gz" in message
     assert "t10k-labels-idx1-ubyte.gz" in message and "put them there" in message
-    assert "--download" in message and "download=True" in message and "--data-dir" not in message
+    assert "--download" in message and "download=True" not in message and "--data-dir" not in message
     with pytest.raises(DataError, match=r"MNIST files missing in .*train-images-idx3-ubyte.gz.*t10k-labels-idx1-ubyte.gz"
                                         r"(.|\n)*download failed"):
         load_mnist(tmp_path / "empty", download=True, mirrors=(dead_url(tmp_path),))

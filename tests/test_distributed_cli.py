@@ -217,7 +217,7 @@ def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
         cli.main(["--distributed", "--dataset", "digits"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == ("train.py: error: argument --distributed needs mpi4py: "
+    assert err.splitlines()[0] == ("train.py: error: argument --distributed needs mpi4py: "
                                     "pip install 'gpucnn[mpi]'")
 
 

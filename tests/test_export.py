@@ -326,17 +326,22 @@ def test_script_check_flag_prints_the_largest_difference(tmp_path, rng):
 def test_script_refuses_a_model_file_without_input_shape_and_a_missing_onnxruntime(tmp_path, rng, capsys,
                                                                                 monkeypatch):
     script = load_export_script()
+
+    def refused(argv):  # exit status 2, one line on stderr
+        with pytest.raises(SystemExit) as exc:
+            script.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("export.py: error: "), err
+        return err
     (tmp_path / "notes.npz").write_text("not a model")
-    assert script.main([str(tmp_path / "notes.npz"), str(tmp_path / "a.onnx")]) == 1
-    assert "notes.npz as a gpucnn checkpoint or model file" in capsys.readouterr().err
+    assert f"argument model: {tmp_path / 'notes.npz'}: " in refused([tmp_path / "notes.npz", tmp_path / "a.onnx"])
 
     model_file = tmp_path / "simple.npz"
     build_model("simple", (1, 28, 28), 10, rng).save(model_file)
-    assert script.main([str(model_file), str(tmp_path / "a.onnx")]) == 1
-    assert "--input-shape 1 H W" in capsys.readouterr().err
+    assert "--input-shape 1 H W" in refused([model_file, tmp_path / "a.onnx"])
     assert not (tmp_path / "a.onnx").exists()
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert script.main([str(model_file), str(tmp_path / "b.onnx"), "--input-shape", "1", "28", "28", "--check"]) == 1
-    assert "--check needs onnxruntime: pip install 'gpucnn[onnx]'" in capsys.readouterr().err
+    err = refused([model_file, tmp_path / "b.onnx", "--input-shape", "1", "28", "28", "--check"])
+    assert "--check needs onnxruntime: pip install 'gpucnn[onnx]'" in err
     assert not (tmp_path / "b.onnx").exists()  # checked before anything is written

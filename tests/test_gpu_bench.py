@@ -179,13 +179,19 @@ def test_torch_twin_device_follows_the_row():
     assert gpu_bench.torch_device_for("gpu", torch)[0] == ("cuda" if torch.cuda.is_available() else None)
 
 
-def test_tf32_is_off_for_torch_and_cudnn_benchmark_left_alone(monkeypatch):
-    for module, name in ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")):
-        monkeypatch.setattr(module, name, getattr(module, name))  # restored afterwards
-    settings = gpu_bench.torch_tf32_off(torch)
-    assert settings == {"torch_matmul_allow_tf32": False, "torch_cudnn_allow_tf32": False,
-                        "torch_cudnn_benchmark": False}
-    assert torch.backends.cudnn.allow_tf32 is False
+def test_tf32_is_off_for_torch_and_cudnn_benchmark_left_alone():
+    # restored by hand: torch serves cuda.matmul.allow_tf32 through __getattr__, so pytest >= 9.2's
+    # monkeypatch (which then records "not set") would delattr it at teardown and fail
+    flags = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"))
+    before = [getattr(module, name) for module, name in flags]
+    try:
+        settings = gpu_bench.torch_tf32_off(torch)
+        assert settings == {"torch_matmul_allow_tf32": False, "torch_cudnn_allow_tf32": False,
+                            "torch_cudnn_benchmark": False}
+        assert torch.backends.cudnn.allow_tf32 is False
+    finally:
+        for (module, name), value in zip(flags, before):
+            setattr(module, name, value)
 
 
 def test_the_benchmark_drops_cupy_tf32_before_cupy_loads():

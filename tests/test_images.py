@@ -95,9 +95,9 @@ def trained(tmp_path_factory):
 def test_a_corrupt_file_is_refused_before_training_naming_it(trained):
     paths, runs = trained
     status, out, err = runs["refused"]
-    assert status == 1
-    line = [l for l in err.splitlines() if l.startswith("error:")]
-    assert len(line) == 1 and "1 of 21 image files cannot be read" in line[0], err
+    assert status == 2  # bad input
+    line = err.splitlines()
+    assert len(line) == 1 and line[0].startswith("train.py: error: 1 of 21 image files cannot be read"), err
     assert str(paths["folder"] / "square" / "broken.png") in line[0] and "--skip-bad-images" in line[0]
     assert "epoch 1" not in out and "data:" not in out  # nothing trained
 
@@ -188,9 +188,11 @@ def test_predict_agrees_from_checkpoint_model_file_and_onnx_with_class_names(tra
     tops = {}
     for kind in ("ckpt", "model", "onnx"):
         status, out, err = main(predict_cli, [paths[kind], paths["folder"], "--json", "--device", "cpu"], capsys)
-        assert status == 1  # the corrupt file failed, the others were classified
-        assert [l for l in err.splitlines()] == [f"error: {paths['folder'] / 'square' / 'broken.png'}: "
-                                                 + json.loads(out)["images"][-1]["error"]]
+        assert status == 2  # the corrupt file failed, the others were classified
+        broken = paths["folder"] / "square" / "broken.png"
+        assert err.splitlines() == [f"predict.py: error: expected image files (.png .jpg .jpeg .bmp .gif .webp) "
+                                    f"that can be read, got 1 of 21 that cannot: {broken} "
+                                    f"({json.loads(out)['images'][-1]['error']}); the others were classified"]
         images = [r for r in json.loads(out)["images"] if r["error"] is None]
         assert len(images) == 20 and all(set(r["names"]) == set(CLASSES) for r in images)
         tops[kind] = [r["names"][0] for r in images]

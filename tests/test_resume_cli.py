@@ -3,12 +3,15 @@ model and optimizer setting comes from the checkpoint, the result is the uninter
 run's, and flags that contradict the checkpoint are refused all in one message."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import gpucnn.loops
 from gpucnn.checkpoint import load_checkpoint
-from gpucnn.config import FlagError, TrainConfig, flag_words, resume_config
+from gpucnn.config import FlagError, TrainConfig
+from gpucnn.resume import flag_words, resume_config
 from scripts_in_process import load_script, main as run_script
 
 train_cli = load_script("train", "resume_cli")
@@ -72,7 +75,8 @@ def test_every_contradicting_flag_is_listed_in_one_message_in_the_flags_own_word
 def test_resume_config_fills_what_is_not_given_and_flag_words_never_say_none():
     meta = {"config": TrainConfig(dataset="digits", limit_train=300, lr=0.5, checkpoint="a.npz").to_dict()}
     config = resume_config(meta, {"resume": "a.npz", "epochs": 5, "lr": 0.1})
-    assert (config.limit_train, config.lr, config.epochs, config.checkpoint) == (300, 0.1, 5, "a.npz")
+    assert (config.limit_train, config.lr, config.epochs) == (300, 0.1, 5)
+    assert config.checkpoint == os.path.abspath("a.npz")  # a checkpoint records absolute paths
     assert config.device == "auto"  # this run's own: not the checkpoint's
     with pytest.raises(FlagError, match=r"no --limit-train \(all training images\) \(the checkpoint: "
                                         r"--limit-train 300\)"):

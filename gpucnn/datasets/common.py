@@ -75,8 +75,7 @@ def missing_message(title: str, data_dir: Path, missing: list[str], source: str,
     head = f"{title} files missing in {data_dir}: {', '.join(missing)}"
     if failure is not None:
         return f"{head}, and the download failed: {failure}\nPut the files there ({source}) and run again"
-    return (f"{head}. Either put them there ({source}), or allow the download: "
-            "--download on the command line, download=True in gpucnn.datasets.load()")
+    return f"{head}. Either put them there ({source}), or allow the download with --download"
 
 
 def to_float_images(images: np.ndarray) -> np.ndarray:

@@ -14,35 +14,25 @@ draw: the same files whatever the run's seed, so evaluate.py tests on the same i
 The images are decoded once (gpucnn.images) into a uint8 cache file in ``cache_dir``
 (default: :func:`default_cache_dir`, never inside the image folder unless asked), keyed
 by every file's path, size and modification time and by the decoding settings: a second
-run reads the cache at once, a changed folder is decoded again.
+run reads the cache at once, a changed folder is decoded again and its stale file is
+deleted (gpucnn.datasets.image_cache: the cache itself, listed and cleared there).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_output
 from ..images import (IMAGE_EXTENSIONS, default_channels, format_size, image_header, list_images,
                       most_common_size, read_images, require_pillow)
 from .common import DataError, Dataset
+from .image_cache import cache_key, cache_path, default_cache_dir, read_cache, write_cache
 
-__all__ = ["load_image_folder", "default_cache_dir", "TEST_FRACTION"]
+__all__ = ["load_image_folder", "check_image_folder", "default_cache_dir", "TEST_FRACTION"]
 
 TEST_FRACTION = 0.2  # held out for testing when the folder has no test/ of its own (as digits)
-CACHE_FORMAT = 1
 SHOWN_BAD = 5  # bad files named in a message; the count says how many more
 SPLITS = ("train", "val", "test")
-
-
-def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/gpucnn/images, else ~/.cache/gpucnn/images: a per-user folder."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gpucnn" / "images"
 
 
 def _class_folders(folder: Path) -> list[Path]:
@@ -57,6 +47,13 @@ def _layout(folder: Path) -> dict:
     return {"all": folder}
 
 
+def check_image_folder(folder) -> None:
+    """Raise DataError when ``folder`` cannot be a dataset: no class subfolders, one class,
+    a class without images, a split with unknown classes. Lists files, decodes nothing:
+    the checks a run makes before it prints or loads anything."""
+    _scan(Path(folder))
+
+
 def _scan(folder: Path):
     """-> (class names, [relative paths], labels (N,), split names (N,)) of every image."""
     parts = _layout(folder)
@@ -65,10 +62,12 @@ def _scan(folder: Path):
     if not names:
         loose = list_images(first)
         raise DataError(f"{first}: expected one subfolder per class holding its images (e.g. {first}/cat/1.png), "
-                        f"got {'only loose image files' if loose else 'no subfolders'}; fix: move each class's "
-                        "images into a folder named after the class")
+                        f"got {'only loose image files' if loose else 'no subfolders'}; fix: "
+                        + ("move each class's images into a folder named after the class" if loose else
+                           "add a folder per class (2 or more), each holding that class's images"))
     if len(names) < 2:
-        raise DataError(f"{first}: expected at least 2 class folders, got 1 ({names[0]}); add a folder per class")
+        raise DataError(f"{first}: expected at least 2 class folders, got 1 ({names[0]}); fix: add a folder "
+                        "for each other class, with its images")
     paths, labels, splits = [], [], []
     for split, root in parts.items():
         found = [p.name for p in _class_folders(root)]
@@ -87,16 +86,6 @@ def _scan(folder: Path):
     return names, paths, np.asarray(labels, dtype=np.int64), np.asarray(splits)
 
 
-def _cache_key(folder: Path, paths: list, channels, image_size) -> str:
-    stats = []
-    for rel in paths:
-        info = os.stat(folder / rel)
-        stats.append([rel, info.st_size, info.st_mtime_ns])
-    settings = {"format": CACHE_FORMAT, "folder": str(folder.resolve()), "files": stats,
-                "channels": channels, "image_size": list(image_size) if image_size else None}
-    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
-
-
 def _decode(folder: Path, paths: list, channels, image_size, log) -> dict:
     """Decode every file -> the arrays the cache holds."""
     require_pillow()
@@ -110,7 +99,7 @@ def _decode(folder: Path, paths: list, channels, image_size, log) -> dict:
                 bad.append((rel, f"{type(exc).__name__}: {exc}"))
         if len(bad) == len(paths):
             raise DataError(f"{folder}: none of the {len(paths)} image files can be read (first: {bad[0][0]}: "
-                            f"{bad[0][1]})")
+                            f"{bad[0][1]}); fix: replace them with images Pillow reads")
         if channels is None:
             channels = default_channels(headers)
             log(f"images: {'grayscale' if channels == 1 else 'colour'}, read with {channels} channel"
@@ -135,17 +124,6 @@ def _decode(folder: Path, paths: list, channels, image_size, log) -> dict:
             "bad_reasons": np.asarray([b[1] for b in bad], dtype=str)}
 
 
-def _read_cache(path: Path, n: int) -> dict | None:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            cached = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None  # absent or damaged: decode again
-    if len(cached.get("images", ())) != n:
-        return None
-    return cached
-
-
 def load_image_folder(folder, channels: int | None = None, image_size=None, cache_dir=None,
                       skip_bad: bool = False, log=print) -> Dataset:
     """A Dataset of uint8 images (N, C, H, W) from ``folder`` (see the module docstring).
@@ -162,19 +140,19 @@ def load_image_folder(folder, channels: int | None = None, image_size=None, cach
     if channels not in (None, 1, 3):
         raise ValueError(f"channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}")
     names, paths, labels, splits = _scan(folder)
-    key = _cache_key(folder, paths, channels, image_size)
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    cache = cache_dir / f"{folder.resolve().name}-{key[:20]}.npz"
-    cached = _read_cache(cache, len(paths))
+    key = cache_key(folder, paths, channels, image_size)
+    cache = cache_path(default_cache_dir() if cache_dir is None else cache_dir, folder, key)
+    cached = read_cache(cache, len(paths))
     if cached is not None:
         log(f"images: {len(paths)} files read from the cache {cache} ({int(cached['channels'])} channel"
             f"{'s' * (int(cached['channels']) > 1)}, {format_size(cached['image_size'].tolist())})")
     else:
         cached = _decode(folder, paths, channels, image_size, log)
         try:
-            with atomic_output(cache, suffix=".npz") as f:
-                np.savez(f, **cached)
-            log(f"images: {len(paths)} files decoded, cached in {cache}")
+            stale = write_cache(cache, cached, folder, channels, image_size)
+            log(f"images: {len(paths)} files decoded, cached in {cache}"
+                + (f" (deleted {len(stale)} stale cache file{'s' * (len(stale) > 1)} of this folder)"
+                   if stale else ""))
         except OSError as exc:
             log(f"images: {len(paths)} files decoded; could not write the cache {cache} ({exc.strerror}), "
                 "the next run decodes them again (--cache-dir DIR to choose another folder)")
@@ -184,7 +162,7 @@ def load_image_folder(folder, channels: int | None = None, image_size=None, cach
         shown = "; ".join(f"{folder / p} ({reason})" for p, reason in bad[:SHOWN_BAD])
         more = f" and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
         raise DataError(f"{len(bad)} of {len(paths)} image files cannot be read: {shown}{more}; fix: delete or "
-                        "replace them, or pass --skip-bad-images (skip_bad=True) to train without them")
+                        "replace them, or leave them out with --skip-bad-images")
     if bad:
         log(f"images: skipped {len(bad)} unreadable file{'s' * (len(bad) > 1)} (--skip-bad-images), "
             f"first: {folder / bad[0][0]}")
@@ -201,14 +179,15 @@ def _dataset(folder: Path, names: list, x: np.ndarray, y: np.ndarray, splits: np
         counts = np.bincount(y, minlength=len(names))
         if counts.min() < 2:
             raise DataError(f"{folder / names[int(counts.argmin())]}: expected at least 2 readable images per "
-                            f"class (one to train, one to test), got {counts.min()}")
+                            f"class (one to train, one to test), got {counts.min()}; fix: add images to it")
         train, test = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION, stratify=y, random_state=0)
         train, test = np.sort(train), np.sort(test)
         return Dataset(x[train], y[train], x[test], y[test], num_classes=len(names),
                        class_names=tuple(names), name=folder.name)
     part = {name: splits == name for name in SPLITS}
     if not part["test"].any():
-        raise DataError(f"{folder / 'test'}: expected test images in its class folders, got none")
+        raise DataError(f"{folder / 'test'}: expected test images in its class folders, got none; fix: add "
+                        "images to them")
     val = (x[part["val"]], y[part["val"]]) if part["val"].any() else (None, None)
     return Dataset(x[part["train"]], y[part["train"]], x[part["test"]], y[part["test"]], num_classes=len(names),
                    class_names=tuple(names), name=folder.name, val_x=val[0], val_y=val[1])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from argtypes import positive_float  # scripts/argtypes.py, shared by the commands
+from argtypes import ArgumentParser, positive_float  # scripts/argtypes.py, shared by the commands
 from gpucnn.kernel_groups import ENV_VAR as KERNELS_ENV
 from gpucnn.kernel_groups import parse_selection
 
@@ -24,7 +24,7 @@ def kernel_spec(text: str) -> str:
 
 
 def parse_args(argv, description: str = DESCRIPTION):
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(prog="benchmark.py", description=description)  # refusals: exit 2, at most two lines
     p.add_argument("--device", choices=("auto", "cpu", "gpu", "all"), default=None,
                    help="gpucnn backends to time; 'all' (the default) = the CPU plus the GPU when usable; "
                         "'gpu' with --gpu-targets")
@@ -75,7 +75,10 @@ def parse_args(argv, description: str = DESCRIPTION):
     p.add_argument("--ranks-worker", metavar="SPEC", help=argparse.SUPPRESS)  # one rank of --ranks
     args = p.parse_args(argv)
     if min(args.batch_sizes) < 1 or args.threads < 1 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("batch sizes, --threads, --steps and --repeats must be positive")
+        p.error(f"expected positive --batch-sizes, --threads, --steps and --repeats and a non-negative --warmup, "
+                f"got --batch-sizes {' '.join(map(str, args.batch_sizes))} --threads {args.threads} "
+                f"--steps {args.steps} --repeats {args.repeats} --warmup {args.warmup}")
+    check_outputs(p, args)
     if args.quick:
         args.steps, args.repeats, args.warmup = 2, 2, 1
     if args.gpu_targets:
@@ -90,3 +93,22 @@ def parse_args(argv, description: str = DESCRIPTION):
         p.error(f"--ranks expected 2 or more processes dividing every batch size, got --ranks {args.ranks} "
                 f"and --batch-sizes {' '.join(map(str, args.batch_sizes))}")
     return args
+
+
+def check_outputs(p, args) -> None:
+    """--json and --plot are written at the end of a run of minutes: refuse (exit 2) a path
+    that cannot be written, or --layers without PyTorch to compare with, before any timing."""
+    from importlib.util import find_spec
+
+    from gpucnn.checkpoint import check_output_path
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            try:
+                check_output_path(path)
+                if flag == "--plot":
+                    from gpucnn.plot import check_plot_path
+                    check_plot_path(path)  # a format matplotlib writes; matplotlib installed
+            except (ValueError, ImportError) as exc:
+                p.error(f"argument {flag}: {exc}")
+    if args.layers and find_spec("torch") is None:
+        p.error("argument --layers: compares with PyTorch's layers, which needs torch: pip install torch")
