@@ -28,14 +28,20 @@ __all__ = [
     "compile_cuda_module",
     "cublas_binding",
     "cublas_capture_binding",
+    "GRAPHS_DEFAULT",
     "get_backend",
     "graphs_selected",
     "gpu_status",
     "register_array_type",
+    "register_cublas_capture",
     "to_host",
 ]
 
 BACKEND_NAMES = ("cpu", "gpu", "auto")
+# Whether a GPU backend replays training steps from CUDA graphs (gpucnn.graphs) when neither
+# get_backend(graphs=...) nor GPUCNN_CUDA_GRAPHS says: the one place that default lives. Off
+# until a .ci/gpu run has shown the graph tests passing on a GPU (they have never run on one).
+GRAPHS_DEFAULT = False
 
 
 class GPUFallbackWarning(UserWarning):
@@ -185,12 +191,29 @@ def cublas_binding(xp):
     return cublas, device.get_cublas_handle
 
 
+# (array module type, module -> capture binding) pairs consulted by cublas_capture_binding();
+# the tests' stand-in registers its model of libcublas (tests/standin/cublas.py)
+_CUBLAS_CAPTURE: list[tuple[type, object]] = []
+
+
+def register_cublas_capture(module_type: type, binding) -> None:
+    """Teach :func:`cublas_capture_binding` that an array module of ``module_type`` has the
+    capture binding ``binding(xp)`` (a ``(library, get_handle, stream_pointer)`` triple)."""
+    if not any(t is module_type for t, _ in _CUBLAS_CAPTURE):
+        _CUBLAS_CAPTURE.append((module_type, binding))
+
+
 def cublas_capture_binding(xp):
-    """``(library, get_handle, stream_pointer)`` for the real ``cupy`` module, None otherwise:
-    the libcublas CuPy loaded, opened with ctypes, so gpucnn.kernels.gemm can call
-    cublasSgemm_v2 while a stream is being captured into a CUDA graph. CuPy's own binding
-    refuses then ("calling cuBLAS API during stream capture is currently unsupported");
-    cuBLAS itself supports capture (cuBLAS guide, "CUDA Graphs Support")."""
+    """``(library, get_handle, stream_pointer)`` for the real ``cupy`` module (or a module
+    registered with :func:`register_cublas_capture`), None otherwise: the libcublas CuPy
+    loaded, opened with ctypes, so gpucnn.kernels.gemm can call cublasSgemm_v2 while a stream
+    is being captured into a CUDA graph. CuPy's own binding refuses then ("calling cuBLAS API
+    during stream capture is currently unsupported"); cuBLAS itself supports capture (cuBLAS
+    guide, "CUDA Graphs Support"). Raises when the library or one of its functions cannot be
+    had (gpucnn.graphs then trains without graphs, saying why)."""
+    for module_type, binding in _CUBLAS_CAPTURE:
+        if isinstance(xp, module_type):
+            return binding(xp)
     if getattr(xp, "__name__", None) != "cupy":
         return None
     import ctypes  # noqa: PLC0415
@@ -201,9 +224,18 @@ def cublas_capture_binding(xp):
 
 
 def mapped_cublas_path(maps_lines) -> str | None:
-    """The path of libcublas.so.* (not libcublasLt) among a /proc/<pid>/maps listing's lines."""
+    """The path of the libcublas.so.* (not libcublasLt) among a /proc/<pid>/maps listing's
+    lines; None when none is mapped. Two different files (after resolving symbolic links)
+    raise RuntimeError: a handle of one copy must not be used with another's functions, and
+    the maps do not say which copy CuPy's binding calls (PyTorch, imported beside CuPy, may
+    bring its own)."""
     paths = {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps_lines) if len(fields) == 6}
-    found = sorted(p for p in paths if os.path.basename(p).startswith("libcublas.so"))
+    found = sorted({os.path.realpath(p) for p in paths if os.path.basename(p).startswith("libcublas.so")})
+    if len(found) > 1:
+        raise RuntimeError(f"CUDA graphs call the libcublas CuPy uses, expected one libcublas.so mapped, got "
+                           f"{len(found)}: {', '.join(found)}; gpucnn cannot tell which one CuPy's handle "
+                           "belongs to. Train without importing a second CUDA stack (PyTorch) in the same "
+                           "process, or install CuPy and PyTorch against the same CUDA libraries")
     return found[0] if found else None
 
 
@@ -216,25 +248,28 @@ def _loaded_cublas(ctypes):
                            "in /proc/self/maps)")
     library = ctypes.CDLL(path)
     void, c_int = ctypes.c_void_p, ctypes.c_int
-    for name, argtypes in (("cublasSetStream_v2", [void, void]),
+    for name, argtypes in (("cublasGetStream_v2", [void, ctypes.POINTER(void)]),
+                           ("cublasSetStream_v2", [void, void]),
                            ("cublasSetPointerMode_v2", [void, c_int]),
                            ("cublasSetWorkspace_v2", [void, void, ctypes.c_size_t]),
                            ("cublasSgemm_v2", [void, c_int, c_int, c_int, c_int, c_int, void, void, c_int,
                                                void, c_int, void, void, c_int])):
-        function = getattr(library, name)
+        function = getattr(library, name)  # AttributeError: a library without it
         function.argtypes, function.restype = argtypes, c_int
     return library
 
 
 def graphs_selected(graphs=None) -> bool:
     """Whether a GPU backend replays training steps from CUDA graphs: ``graphs`` when given,
-    else the environment variable GPUCNN_CUDA_GRAPHS ("1" on, "0" or unset off)."""
+    else the environment variable GPUCNN_CUDA_GRAPHS when set ("1" on, "0" off: an override),
+    else :data:`GRAPHS_DEFAULT`."""
     if graphs is not None:
         return bool(graphs)
-    value = os.environ.get("GPUCNN_CUDA_GRAPHS", "0").strip()
+    value = os.environ.get("GPUCNN_CUDA_GRAPHS", "").strip()
     if value not in ("0", "1", ""):
-        raise ValueError(f"GPUCNN_CUDA_GRAPHS expected 1 (on) or 0 (off), got {value!r}")
-    return value == "1"
+        raise ValueError(f"GPUCNN_CUDA_GRAPHS expected 1 (on) or 0 (off), got {value!r}; unset it for "
+                         f"gpucnn's default ({'on' if GRAPHS_DEFAULT else 'off'})")
+    return GRAPHS_DEFAULT if value == "" else value == "1"
 
 
 def nvrtc_binding():
@@ -250,8 +285,8 @@ def get_backend(name: str = "auto", kernels=None, graphs=None) -> Backend:
     ``kernels`` (GPU only): the fused-kernel groups to run (gpucnn.kernels): ``"all"``,
     ``"none"``, ``"default"`` or a comma-separated list of groups; None reads the
     ``GPUCNN_KERNELS`` environment variable, else the defaults. The CPU never runs them.
-    ``graphs`` (GPU only, opt-in): replay each training step from a CUDA graph (gpucnn.graphs);
-    None reads ``GPUCNN_CUDA_GRAPHS`` (1 on), else off.
+    ``graphs`` (GPU only): replay each training step from a CUDA graph (gpucnn.graphs); None
+    reads ``GPUCNN_CUDA_GRAPHS`` (1 on, 0 off) when set, else :data:`GRAPHS_DEFAULT` (off).
 
     ``"auto"`` picks the GPU when one is usable, else the CPU, silently.
     ``"gpu"`` without a usable GPU falls back to the CPU with one

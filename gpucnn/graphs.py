@@ -20,39 +20,52 @@ What a graph bakes in, and how each stays valid:
 
 * scalars (learning rate, momentum): the graph's key holds the optimizer's
   hyperparameters (Adam's per-step bias corrections are read from a device table instead,
-  gpucnn.kernels.optim.BiasCorrections); a schedule that changes the rate makes the next call
-  record again; after ``MAX_CAPTURES`` recordings the step stays eager (a per-step schedule
-  such as cosine or a warm-up changes the rate every step: eager is then faster);
-* addresses: the key holds the identity of every parameter, state and optimizer buffer
-  (a step must update them in place; one that replaces an array while being recorded is
-  put back and graphs are turned off for it); the step's other memory (activations,
-  gradients, workspaces, the optimizer's address table) comes from the graph's private
-  pool, emptied of the layers' and optimizer's old buffers first, so memory that eager code
-  frees later goes back to that pool, never to memory the graph still writes.
+  gpucnn.kernels.optim.BiasCorrections, renewed every ROWS steps: a recording that does not
+  count below); a schedule that changes the rate makes the next call record again; after
+  ``MAX_CAPTURES`` such recordings the step stays eager (a per-step schedule such as cosine
+  or a warm-up changes the rate every step: eager is then faster);
+* addresses: the key holds every parameter, state and optimizer buffer itself, compared by
+  identity (a step must update them in place; one that replaces an array while being
+  recorded is put back and graphs are turned off for it); the step's other memory
+  (activations, gradients, workspaces, the optimizer's address table) comes from the step's
+  private pool, one for all its recordings, emptied of the layers' and optimizer's old
+  buffers before each, so memory that eager code frees later goes back to that pool, never
+  to memory the graph still writes. When graphs end for the step (or the step goes), the
+  pool's blocks are freed (CuPy never frees a dropped pool's);
+* arrays made while recording: on a GPU they hold garbage until the first replay (the
+  recording executes nothing); see :class:`StepGraph`.
 * cuBLAS: CuPy's binding refuses calls during capture; gpucnn.kernels.gemm calls cuBLAS
-  through ctypes instead while recording (:func:`gpucnn.kernels.gemm.capture_safe`), which
-  is why the ``gemm`` kernel group is required (Dense and Conv2D multiply through it).
+  through ctypes instead while recording (:func:`gpucnn.kernels.gemm.capture_safe`, which
+  gives CuPy's handle its stream back afterwards), which is why the ``gemm`` kernel group is
+  required (Dense and Conv2D multiply through it); the graph holds the cuBLAS workspace.
 
 Not graphed (eager, as without graphs): Dropout and augmentation (a graph would replay one
 random mask), distributed training, BatchNorm without its fused kernels (it replaces its
-running statistics), the CPU. Turned on by ``get_backend("gpu", graphs=True)`` or
-``GPUCNN_CUDA_GRAPHS=1``; off by default until a `.ci/gpu` run has checked it on a GPU.
+running statistics), parameters that are not float32 and C-contiguous, the CPU. A failure
+while setting up or recording (libcublas, memory, an operation CUDA cannot capture) warns
+with :class:`GraphFallbackWarning` and trains on eagerly. Turned on by
+``get_backend("gpu", graphs=True)`` or ``GPUCNN_CUDA_GRAPHS=1``; off by default
+(gpucnn.backend.GRAPHS_DEFAULT) until a `.ci/gpu` run has checked it on a GPU.
 """
 from __future__ import annotations
 
+import contextlib
+import numbers
 import warnings
+import weakref
 
 import numpy as np
 
-from .kernels.gemm import capture_safe
+from .kernels.gemm import capturable_cublas, capture_safe
 from .layers import BatchNorm1D, BatchNorm2D, Dropout
 from .layers.scratch import release_shared_scratch
 from .pixels import gather_batch
 
-__all__ = ["GraphFallbackWarning", "MAX_CAPTURES", "StepGraph", "TrainStepGraph", "train_step_graph",
-           "unavailable"]
+__all__ = ["GraphFallbackWarning", "MAX_CAPTURES", "StepGraph", "TrainStepGraph", "same_key",
+           "train_step_graph", "unavailable"]
 
-MAX_CAPTURES = 4  # recordings of one step before it stays eager (its scalars keep changing)
+MAX_CAPTURES = 4  # recordings of one step before it stays eager (its scalars keep changing);
+# recordings for a renewed optimizer table (Adam's bias corrections, every ROWS steps) do not count
 REQUIRED_GROUPS = ("gemm", "optimizer")  # cuBLAS through ctypes; one in-place update launch
 
 
@@ -82,6 +95,13 @@ def unavailable(model, optimizer, augment=None, comm=None) -> str | None:
         return "distributed training averages the gradients between backward and the update"
     if not getattr(optimizer, "capturable", False):
         return f"{type(optimizer).__name__} computes per-step scalars on the host"
+    for key, layer, name in model.named_parameters():
+        weight = layer.params[name]
+        if weight.dtype != np.float32 or not weight.flags.c_contiguous:
+            got = f"{weight.dtype}" + ("" if weight.flags.c_contiguous else ", not C-contiguous")
+            return (f"parameter {key} is {got}: the one-launch optimizer update a graph replays takes "
+                    "float32, C-contiguous parameters (the per-parameter update computes Adam's bias "
+                    "corrections on the host, which a replay would repeat); keep the model float32")
     return None
 
 
@@ -96,19 +116,44 @@ def _persistent(model, optimizer) -> list:
     return [(owner, name, array) for owner in _owners(model, optimizer) for name, array in owner.items()]
 
 
+def same_key(a, b) -> bool:
+    """Whether two graph keys match: tuples item by item, numbers, strings, None and booleans
+    by value, anything else (arrays) by identity: never an array's elements (a device read),
+    never an id (a freed array's id may be a new array's)."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(same_key(x, y) for x, y in zip(a, b))
+    if isinstance(a, (numbers.Number, str, type(None))) and isinstance(b, (numbers.Number, str, type(None))):
+        return a == b
+    return a is b
+
+
+_KEY_PARTS = ("arrays", "hyperparameters", "optimizer's device tables", "training mode", "inputs")
+_ROUTINE = 2  # the optimizer's own tables (Adam's bias corrections): renewed as training goes
+
+
 class StepGraph:
     """Calls ``step()`` (device work only: no host reads, no uploads) through a CUDA graph.
 
-    ``extra_key()``: what else the step bakes in (shapes, the identity of its input arrays).
-    ``captures``, ``replays``: counts; ``reason``: why the step now runs eagerly (None while
-    graphs are in use)."""
+    ``extra_key()``: what else the step bakes in (shapes, its input arrays). ``captures``,
+    ``refreshes`` (recordings for a renewed optimizer table, which never count toward
+    MAX_CAPTURES), ``replays``: counts; ``reason``: why the step now runs eagerly (None while
+    graphs are in use).
+
+    On a GPU, the arrays a recording makes hold garbage until the graph's first launch: after
+    the call that recorded, ``layer.grads``, the loss's gradient and the layers' caches are
+    the recording's, not the warm-up's (the parameters, layer state and optimizer buffers are
+    the warm-up's, updated). gpucnn reads none of them before the next step writes them; code
+    that inspects gradients between steps must not rely on them after a recording."""
 
     def __init__(self, model, optimizer, step, extra_key=tuple):
         self.model, self.optimizer, self.step, self.extra_key = model, optimizer, step, extra_key
         self.xp = model.backend.xp
-        self.graph = self._pool = self._key = None
-        self._stream = None
-        self.captures = self.replays = 0
+        self.graph = self._key = None
+        self._stream = self._pool = self._blas = None  # made once; the pool serves every recording
+        self._pool_emptied = None  # the pool's free_all_blocks, run when this object goes
+        self.captures = self.refreshes = self.replays = 0
         self.reason = None
 
     def pool_bytes(self) -> int:
@@ -116,30 +161,49 @@ class StepGraph:
         return 0 if self._pool is None else int(self._pool.total_bytes())
 
     def key(self) -> tuple:
-        """Everything the graph bakes in: array identities, hyperparameters, mode, extras.
-        (Checked before every replay: a few microseconds of host time.)"""
+        """Everything the graph bakes in (compared with :func:`same_key`, a few microseconds
+        of host time before every replay): the parameter, state and optimizer arrays
+        themselves, held, the hyperparameters, the optimizer's device tables, the mode, extras."""
         optimizer = self.optimizer
-        arrays = tuple(id(a) for owner in _owners(self.model, optimizer) for a in owner.values())
+        arrays = tuple(a for owner in _owners(self.model, optimizer) for a in owner.values())
         hyper = tuple(getattr(optimizer, name) for name in optimizer.HYPER)
         return arrays, hyper, optimizer.graph_key(), self.model.training, self.extra_key()
 
     def __call__(self) -> None:
-        if self.graph is not None and self.key() == self._key:
+        if self.reason is not None:
+            self.step()
+            self._empty_pool()  # the graph's arrays were replaced by this step's: free its memory
+            return
+        key = self.key()
+        if self.graph is not None and same_key(key, self._key):
             self.graph.launch()  # on the current stream, after everything queued before it
             self.optimizer.steps += 1  # what optimizer.step() counts on the host
             self.replays += 1
-        elif self.reason is not None:
+            return
+        changed = [part for i, part in enumerate(_KEY_PARTS)
+                   if self._key is None or not same_key(key[i], self._key[i])]
+        if self._key is not None and changed == [_KEY_PARTS[_ROUTINE]]:
+            self.refreshes += 1  # e.g. Adam's correction table moved on: not the step's scalars
+        elif self.captures - self.refreshes >= MAX_CAPTURES:
+            hint = " (a learning-rate schedule that moves every step?)" if _KEY_PARTS[1] in changed else ""
+            self._give_up(f"the step's {' and '.join(changed)} changed at each of {MAX_CAPTURES} recordings"
+                          f"{hint}; eager steps are faster then")
             self.step()
-        elif self.captures >= MAX_CAPTURES:
-            self._give_up(f"the step's scalars or arrays changed {self.captures} times (a learning-rate "
-                          "schedule that moves every step?); eager steps are faster then")
-            self.step()
-        else:
-            self._record()
+            self._empty_pool()
+            return
+        self._record()
 
     def _give_up(self, reason: str) -> None:
-        self.graph = self._pool = self._key = None
+        """Eager from now on; the pool is emptied after the next eager step (:meth:`_empty_pool`)."""
+        self.graph = self._key = self._blas = None
         self.reason = reason
+
+    def _empty_pool(self) -> None:
+        """Free the private pool's blocks and drop it. CuPy 14.2 never frees a dropped pool's
+        cached blocks (cupy/cuda/memory.pyx: SingleDeviceMemoryPool has no __dealloc__)."""
+        if self._pool_emptied is not None:
+            self._pool_emptied()  # once: a weakref.finalize
+            self._pool = self._pool_emptied = None
 
     def _release_step_buffers(self) -> None:
         """Drop the buffers a step keeps between calls (layer workspaces, the shared conv
@@ -149,17 +213,58 @@ class StepGraph:
         release_shared_scratch(self.xp)
         self.optimizer.release_device_table()
 
+    def _resources(self) -> tuple:
+        """(stream, pool, blas): the recording's stream and memory pool, made once and kept (a
+        new recording reuses the pool: what the old graph used goes back to it, and nothing
+        else allocates from it), and cuBLAS through ctypes with its workspace (the graph
+        keeps it: its products use that memory). Raises when any cannot be had."""
+        xp = self.xp
+        if self._stream is None:
+            self._stream = xp.cuda.Stream(non_blocking=True)
+        if self._pool is None:
+            self._pool = xp.cuda.MemoryPool()
+            self._pool_emptied = weakref.finalize(self, self._pool.free_all_blocks)
+            self._pool_emptied.atexit = False  # the process's end frees everything; CUDA may be gone by then
+        self._blas = capturable_cublas(xp)  # before the pool is in use: the workspace outlives graphs
+        return self._stream, self._pool, self._blas
+
     def _record(self) -> None:
         """Warm up (this call's step, executed) and record the step (not executed)."""
         xp = self.xp
-        self.graph = self._pool = self._key = None  # the old graph's pool is freed with it
-        if self._stream is None:
-            self._stream = xp.cuda.Stream(non_blocking=True)
-        stream, caller = self._stream, xp.cuda.get_current_stream()
+        self.graph = self._key = None  # never launched again: its memory goes back to the pool
         self._release_step_buffers()
-        pool = xp.cuda.MemoryPool()
         self.captures += 1
-        with capture_safe(xp), xp.cuda.using_allocator(pool.malloc), stream:
+        with contextlib.ExitStack() as setup:
+            try:
+                stream, pool, blas = self._resources()
+                setup.enter_context(capture_safe(xp, blas))
+            except Exception as exc:  # noqa: BLE001  (the CDLL, a missing symbol, no memory: eager)
+                failure = exc
+            else:
+                failure = None
+                key, graph, recording_failure, replaced = self._warm_up_and_capture(stream, pool)
+        if failure is not None:
+            self._fall_back(f"setting up the recording failed ({type(failure).__name__}: {failure})")
+            self.step()  # this call's step, eagerly
+            self._empty_pool()
+            return
+        if recording_failure is not None:
+            self._fall_back(f"recording the step failed ({type(recording_failure).__name__}: {recording_failure})")
+        elif replaced:
+            self._give_up(f"the step replaces arrays instead of updating them in place: {replaced[:3]}")
+        else:
+            self.graph, self._key = graph, key
+
+    def _fall_back(self, reason: str) -> None:
+        self._give_up(reason)
+        warnings.warn(f"CUDA graphs: {reason}; training goes on without them", GraphFallbackWarning, stacklevel=4)
+
+    def _warm_up_and_capture(self, stream, pool) -> tuple:
+        """(key, graph, the exception that ended the recording or None, (owner, name) of the
+        arrays the step replaced): this call's step run on ``stream`` from ``pool``, then recorded."""
+        xp = self.xp
+        caller = xp.cuda.get_current_stream()
+        with xp.cuda.using_allocator(pool.malloc), stream:
             stream.wait_event(caller.record())  # after the caller's queued work
             try:
                 self.step()  # the warm-up: this call's step
@@ -174,14 +279,7 @@ class StepGraph:
                         owner[name] = array  # recorded arrays hold nothing: the warm-up's do
             finally:
                 caller.wait_event(stream.record())  # the caller's next work (a checkpoint too) after the warm-up
-        if failure is not None:
-            self._give_up(f"recording the step failed ({type(failure).__name__}: {failure})")
-            warnings.warn(f"CUDA graphs: {self.reason}; training goes on without them",
-                          GraphFallbackWarning, stacklevel=3)
-        elif replaced:
-            self._give_up(f"the step replaces arrays instead of updating them in place: {replaced[:3]}")
-        else:
-            self.graph, self._pool, self._key = graph, pool, key
+        return key, graph, failure, replaced
 
     def _capture(self, stream) -> tuple:
         """(graph, None), or (None, the first exception) when recording the step failed; the

@@ -128,7 +128,10 @@ class Optimizer:
 
     # -- CUDA graphs (gpucnn.graphs) ---------------------------------------------------------
     def graph_key(self) -> tuple:
-        """What else a recorded step bakes in besides the hyperparameters and the buffers."""
+        """What else a recorded step bakes in besides the hyperparameters and the buffers: the
+        device tables the optimizer renews on its own as training goes (arrays compared by
+        identity). A change records the step again without counting toward
+        gpucnn.graphs.MAX_CAPTURES."""
         return ()
 
     def before_recording(self) -> None:
@@ -280,9 +283,10 @@ class Adam(Optimizer):
         self._corrections = None  # BiasCorrections while steps may be replayed from a graph
 
     def graph_key(self) -> tuple:
-        """The correction table a recorded step reads, and whether it holds the next step."""
+        """The correction table a recorded step reads (the array, held), and whether it holds
+        the next step."""
         table = self._corrections
-        return (None,) if table is None else (id(table.rows), table.covers(self.steps + 1))
+        return (None,) if table is None else (table.rows, table.covers(self.steps + 1))
 
     def before_recording(self) -> None:
         if self.model.backend.graphs:

@@ -55,6 +55,7 @@ def test_a_capture_changes_nothing_and_each_launch_applies_it_once_to_the_inputs
     graph = captured(sb, step)
     for array, before in ((x, [-1, 2, 0.5, 3]), (out, 0), (total, 1), (dx, 0)):
         np.testing.assert_array_equal(host(array), np.broadcast_to(before, (4,)))  # as before the capture
+    assert np.isnan(host(made["y"])).all()  # made during the capture: unset until a launch
 
     graph.launch()
     np.testing.assert_array_equal(host(made["y"]), [-2, 4, 1, 6])
@@ -226,13 +227,44 @@ def test_streams_are_current_inside_with_and_events_order_nothing(sb):
     assert work.totals() == before and not first.is_capturing()
 
 
-def test_memory_pools_hold_nothing_and_using_allocator_takes_their_malloc(sb):
-    cuda = sb.xp.cuda
+def test_arrays_made_during_a_capture_are_unset_until_a_launch(sb):
+    """A GPU executes nothing while a stream captures: an array made then holds whatever its
+    memory held. The stand-in leaves NaN in floats, the largest value in integers, True in
+    booleans; views of arrays that existed before keep the restored numbers."""
+    xp, host = sb.xp, sb.to_numpy
+    x = device_array(sb, [1.0, -2.0, 3.0])
+    made = {}
+
+    def step():
+        made["float"] = x * 2
+        made["int"] = xp.argmax(x[None, :], axis=1)
+        made["bool"] = x > 0
+        made["empty"] = xp.empty(3, dtype=np.int32)
+        made["view"] = x[1:]
+    graph = captured(sb, step)
+    assert np.isnan(host(made["float"])).all() and host(made["int"])[0] == np.iinfo(np.int64).max
+    assert host(made["bool"]).all() and (host(made["empty"]) == np.iinfo(np.int32).max).all()
+    np.testing.assert_array_equal(host(made["view"]), [-2, 3])
+    graph.launch()
+    np.testing.assert_array_equal(host(made["float"]), [2, -4, 6])
+    assert host(made["int"])[0] == 2 and host(made["bool"]).tolist() == [True, False, True]
+
+
+def test_memory_pools_hold_nothing_but_remember_what_a_gpu_pool_would_cache(sb):
+    """A pool handed to using_allocator would cache blocks on a GPU until free_all_blocks();
+    CuPy 14.2 keeps a dropped pool's blocks for good (cupy/cuda/memory.pyx:
+    SingleDeviceMemoryPool has no __dealloc__), so ``streams.holding_pools`` keeps it."""
+    cuda, holding = sb.xp.cuda, sb.xp.streams.holding_pools
     pool = cuda.MemoryPool()
+    assert holding == []
     with cuda.using_allocator(pool.malloc):
         x = sb.xp.zeros(4, dtype=np.float32)
-    assert x.shape == (4,) and pool.used_bytes() == pool.total_bytes() == 0
+    assert x.shape == (4,) and pool.used_bytes() == pool.total_bytes() == 0 and holding == [pool]
     pool.free_all_blocks()
+    assert holding == [] and pool.frees == 1
+    with cuda.using_allocator(cuda.MemoryPool().malloc):
+        pass
+    assert len(holding) == 1  # dropped, never emptied: still listed
 
 
 @pytest.mark.parametrize("owner, name, error", [

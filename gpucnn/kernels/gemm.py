@@ -21,15 +21,20 @@ leading dimension according to its own layout, never copied.
 
 While gpucnn.graphs captures a training step into a CUDA graph (:func:`capture_safe`), the
 same calls go through ctypes to the libcublas CuPy loaded (:class:`CapturableCublas`): CuPy's
-binding refuses every cuBLAS call during stream capture, cuBLAS itself does not.
+binding refuses every cuBLAS call during stream capture, cuBLAS itself does not. Inside that
+block a float32 operand (or ``out``) neither C- nor F-contiguous is copied into one that is,
+and a product cuBLAS's sgemm cannot take (another dtype or dimension, an empty or too large
+one) raises ValueError while a stream captures: ``xp.matmul`` is never called then.
 
-Anything else (NumPy arrays, the tests' stand-in, other dtypes or dimensions, operands or ``out``
-neither C- nor F-contiguous, an empty or too large dimension) goes to ``xp.matmul(a, b, out=out)``.
-``out`` must not overlap ``a`` or ``b``.
+Anything else (NumPy arrays, the tests' stand-in outside :func:`capture_safe`, other dtypes or
+dimensions, operands or ``out`` neither C- nor F-contiguous, an empty or too large dimension)
+goes to ``xp.matmul(a, b, out=out)``. ``out`` must not overlap ``a`` or ``b``.
 """
 from __future__ import annotations
 
+import ctypes
 import operator
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -46,7 +51,9 @@ _INT_MAX = 2**31 - 1  # cuBLAS's m, n, k, ld are C ints
 # cuBLAS's recommended workspace for Hopper (cuBLAS guide, cublasSetWorkspace): captured GEMMs
 # use it instead of a workspace cuBLAS would allocate during the capture
 WORKSPACE_BYTES = 32 * 2**20
-_WORKSPACES: dict = {}  # cuBLAS handle (one per device) -> uint8 device array, kept for the process's life
+# cuBLAS handle (one per device) -> its CapturableCublas, with the workspace it binds; kept while
+# anything holds it: a recorded graph does (gpucnn.graphs.StepGraph), its products use that memory
+_CAPTURABLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _CAPTURING: dict = {}  # array module -> (CapturableCublas, get_handle) inside capture_safe()
 
 
@@ -60,48 +67,76 @@ class CapturableCublas:
     """The calls :func:`matmul` makes of CuPy's binding (``setPointerMode``, ``sgemm`` and their
     constants), through ctypes on the libcublas CuPy loaded, which stream capture allows. Each
     sgemm first binds the handle to CuPy's current stream and then to ``workspace`` (in that
-    order: cublasSetStream resets the handle's workspace)."""
+    order: cublasSetStream resets the handle's workspace). ``getStream``/``setStream`` let
+    :func:`capture_safe` give the handle back as it found it."""
 
     CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_POINTER_MODE_HOST = 0, 1, 0  # cublas_api.h
 
     def __init__(self, library, stream_pointer, workspace):
-        self._library, self._stream_pointer, self._workspace = library, stream_pointer, workspace
+        self._library, self._stream_pointer, self.workspace = library, stream_pointer, workspace
 
     def _check(self, name, status):
         if status != 0:
             raise RuntimeError(f"{name} returned cuBLAS status {status} (0 is success)")
+
+    def getStream(self, handle) -> int:
+        stream = ctypes.c_void_p()
+        self._check("cublasGetStream_v2", self._library.cublasGetStream_v2(handle, ctypes.byref(stream)))
+        return stream.value or 0
+
+    def setStream(self, handle, stream) -> None:
+        """Binds ``handle`` to ``stream``; cuBLAS also resets its workspace to the default."""
+        self._check("cublasSetStream_v2", self._library.cublasSetStream_v2(handle, stream))
 
     def setPointerMode(self, handle, mode):
         self._check("cublasSetPointerMode_v2", self._library.cublasSetPointerMode_v2(handle, mode))
 
     def sgemm(self, handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         library = self._library
-        self._check("cublasSetStream_v2", library.cublasSetStream_v2(handle, self._stream_pointer()))
+        self.setStream(handle, self._stream_pointer())
         self._check("cublasSetWorkspace_v2", library.cublasSetWorkspace_v2(
-            handle, self._workspace.data.ptr, self._workspace.nbytes))
+            handle, self.workspace.data.ptr, self.workspace.nbytes))
         self._check("cublasSgemm_v2", library.cublasSgemm_v2(handle, transa, transb, m, n, k, alpha, a, lda,
                                                              b, ldb, beta, c, ldc))
 
 
-@contextmanager
-def capture_safe(xp):
-    """Inside the block, :func:`matmul` on ``xp``'s arrays calls cuBLAS through ctypes
-    (:class:`CapturableCublas`), so a stream capture may record it. Enter it before any
-    custom allocator: the workspace it makes the first time must outlive every graph.
-    NumPy and the tests' stand-in: nothing changes."""
+def capturable_cublas(xp):
+    """``(CapturableCublas, get_handle)`` for ``xp``'s arrays, None where there is no capture
+    binding (NumPy). One per cuBLAS handle, with its WORKSPACE_BYTES workspace, made the first
+    time (from the current allocator: call it before a graph's own pool is in use) and kept
+    while anything holds it. Raises when libcublas, one of its functions or the workspace's
+    memory cannot be had: gpucnn.graphs then trains without graphs, saying why."""
     binding = cublas_capture_binding(xp)
     if binding is None:
-        yield
-        return
+        return None
     library, get_handle, stream_pointer = binding
     handle = get_handle()  # the current device's: one workspace per device
-    if handle not in _WORKSPACES:
-        _WORKSPACES[handle] = xp.empty(WORKSPACE_BYTES, dtype=np.uint8)  # (bytes,)
-    _CAPTURING[xp] = (CapturableCublas(library, stream_pointer, _WORKSPACES[handle]), get_handle)
+    blas = _CAPTURABLE.get(handle)
+    if blas is None:
+        workspace = xp.empty(WORKSPACE_BYTES, dtype=np.uint8)  # (bytes,)
+        blas = _CAPTURABLE[handle] = CapturableCublas(library, stream_pointer, workspace)
+    return blas, get_handle
+
+
+@contextmanager
+def capture_safe(xp, blas=None):
+    """Inside the block, :func:`matmul` on ``xp``'s arrays calls cuBLAS through ctypes
+    (``blas``, else :func:`capturable_cublas`'s), so a stream capture may record it. On leaving
+    it the handle is back on the stream it had (and on cuBLAS's default workspace, which is
+    CuPy's: its binding never sets one). NumPy: nothing changes."""
+    blas = capturable_cublas(xp) if blas is None else blas
+    if blas is None:
+        yield
+        return
+    cublas, get_handle = blas
+    handle = get_handle()
+    caller_stream = cublas.getStream(handle)
+    _CAPTURING[xp] = blas
     try:
         yield
     finally:
         _CAPTURING.pop(xp, None)
+        cublas.setStream(handle, caller_stream)
 
 
 def matmul_for(x):
@@ -121,30 +156,59 @@ def _layout(x):
 def matmul(a, b, out=None, accumulate=False):
     """a (m, k) @ b (k, n) -> (m, n) float32, C-contiguous (or written into ``out``, (m, n)
     float32, C- or F-contiguous; with ``accumulate``, added to it: cuBLAS's beta = 1). One
-    cuBLAS sgemm on CuPy arrays; ``xp.matmul`` otherwise."""
+    cuBLAS sgemm on CuPy arrays; ``xp.matmul`` otherwise (never during a stream capture)."""
     xp = array_module(a, b)
     blas = _blas(xp)
     if accumulate and out is None:
         raise ValueError("matmul(accumulate=True) adds the product to out=; pass the array to add to")
+    capturable = blas is not None and isinstance(blas[0], CapturableCublas)
     if (blas is None or a.ndim != 2 or b.ndim != 2 or a.dtype != np.float32 or b.dtype != np.float32
             or (out is not None and (out.dtype != np.float32 or out.shape != (a.shape[0], b.shape[1])))):
-        if accumulate:
-            out += xp.matmul(a, b)  # (m, n)
-            return out
-        return xp.matmul(a, b, out=out)
+        return _generic(xp, a, b, out, accumulate, capturable)
     (m, k), (k_b, n) = a.shape, b.shape
     if k != k_b:
         raise ValueError(f"matmul expected a (m, k) and b (k, n) with the same k, got a {a.shape} and "
                          f"b {b.shape}; transpose one of them")
-    layout_a, layout_b = _layout(a), _layout(b)
+    if min(m, n, k) == 0 or max(m, n, k) > _INT_MAX:
+        return _generic(xp, a, b, out, accumulate, capturable)
     layout_out = "C" if out is None else _layout(out)
-    if None in (layout_a, layout_b, layout_out) or min(m, n, k) == 0 or max(m, n, k) > _INT_MAX:
-        if accumulate:
-            out += xp.matmul(a, b)  # (m, n)
+    if capturable:  # CuPy's matmul cannot be recorded: copies of what sgemm cannot read
+        a = a if _layout(a) else xp.ascontiguousarray(a)  # (m, k)
+        b = b if _layout(b) else xp.ascontiguousarray(b)  # (k, n)
+        if layout_out is None:
+            product = _sgemm(blas, a, b, xp.empty((m, n), dtype=np.float32), "C", accumulate=False)  # (m, n)
+            if accumulate:
+                out += product
+            else:
+                out[...] = product
             return out
-        return xp.matmul(a, b, out=out)
+    layout_a, layout_b = _layout(a), _layout(b)
+    if None in (layout_a, layout_b, layout_out):
+        return _generic(xp, a, b, out, accumulate, capturable)
     if out is None:
         out = xp.empty((m, n), dtype=np.float32)  # (m, n)
+    return _sgemm(blas, a, b, out, layout_out, accumulate)
+
+
+def _generic(xp, a, b, out, accumulate, capturable):
+    """``xp.matmul`` (CuPy's binding), or a clear error while a stream captures inside
+    :func:`capture_safe`, where that binding would raise."""
+    if capturable and xp.cuda.get_current_stream().is_capturing():
+        raise ValueError(f"gemm.matmul cannot record a product of a {a.dtype} {tuple(a.shape)} and a {b.dtype} "
+                         f"{tuple(b.shape)} into a CUDA graph: cuBLAS's sgemm (through ctypes) takes 2-D "
+                         "float32 operands with sizes 1 to 2**31 - 1, and CuPy's matmul refuses stream "
+                         "capture; keep such products out of the step, or train without CUDA graphs")
+    if accumulate:
+        out += xp.matmul(a, b)  # (m, n)
+        return out
+    return xp.matmul(a, b, out=out)
+
+
+def _sgemm(blas, a, b, out, layout_out, accumulate):
+    """out (m, n) (=, or += with ``accumulate``) a (m, k) @ b (k, n): one cublasSgemm, each
+    operand read in its own layout ('C' or 'F'), out written in ``layout_out``."""
+    (m, k), n = a.shape, b.shape[1]
+    layout_a, layout_b = _layout(a), _layout(b)
     cublas, get_handle = blas
     handle = get_handle()
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)

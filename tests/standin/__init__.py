@@ -30,8 +30,13 @@ package (cupy-cuda12x 14.x, the ``test`` extra installs it):
   bytes read and written, FLOPs (tests/standin/work.py);
 * CUDA graphs (``xp.cuda``: Stream, get_current_stream, MemoryPool, using_allocator): a
   capture changes no existing array, each ``graph.launch()`` replays the captured work on
-  the arrays' contents of then, scalars baked in, and counts one launch; transfers, syncs
-  and random draws inside a capture are refused (tests/standin/graphs.py).
+  the arrays' contents of then, scalars baked in, and counts one launch; arrays made during a
+  capture hold NaN (integers: their largest value) until the first launch; transfers, syncs,
+  random draws and CuPy's cuBLAS calls (``xp.matmul``) inside a capture are refused, memory
+  pools count whether they still hold blocks (tests/standin/graphs.py);
+* cuBLAS: the handle CuPy and gpucnn share (its stream and workspace) and the libcublas
+  functions gpucnn calls through ctypes, which check their operands' memory and record into a
+  capture (tests/standin/cublas.py).
 
 Every violation is raised where it happens, names the call and the calling gpucnn
 line, and is also appended to ``FINDINGS``: tests/conftest.py fails any test that
@@ -39,7 +44,7 @@ left a finding behind, even one whose exception was swallowed.
 
 What the stand-in cannot check: timing; the numerics of CuPy's kernels (its
 reductions and cuBLAS sum in other orders: parity with NumPy is checked within
-float32 tolerances on a real GPU only); cuBLAS, memory pools, ordering between streams,
+float32 tolerances on a real GPU only); cuBLAS's algorithms, memory pools' sizes, ordering between streams,
 device memory limits; kernel compilation; the random numbers themselves (the stand-in's
 Generator draws NumPy's numbers); and any CuPy behaviour not listed above.
 """
@@ -48,7 +53,7 @@ from __future__ import annotations
 import contextlib
 
 from gpucnn import kernels as gpucnn_kernels
-from gpucnn.backend import Backend, register_array_type
+from gpucnn.backend import Backend, register_array_type, register_cublas_capture
 from gpucnn.kernels import register_runner
 
 from .array import StandInArray
@@ -71,9 +76,16 @@ def standin_backend(kernels=None) -> Backend:
     device = StandInDevice()
     register_array_type(StandInArray, lambda a: a._dev)
     register_runner(StandInDevice, run_kernel)
+    register_cublas_capture(StandInDevice, _cublas_capture_binding)
     groups = gpucnn_kernels.select(device, kernels)
     return Backend("gpu", device, to_device=device.asarray, to_host=device.asnumpy,
                    synchronize=device.synchronize, kernels=groups)
+
+
+def _cublas_capture_binding(device: StandInDevice) -> tuple:
+    """gpucnn.backend.cublas_capture_binding for the stand-in: its model of libcublas, the
+    device's handle and the current stream's pointer (tests/standin/cublas.py)."""
+    return device._libcublas, device._libcublas.get_handle, lambda: device.streams.current().ptr
 
 
 def optimizer_table_uploads(backend) -> int:

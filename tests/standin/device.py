@@ -27,7 +27,8 @@ from .array import StandInArray, c_order as _c_order
 from .cupy_api import (CupyConformanceError, DeviceDisciplineError, NotModeledError, caller_location,
                        check_call, cupy_attribute, cupy_like_strides, cupy_reduction_dtype,
                        cupy_ufunc_result_dtypes, operand_type, violation)
-from .graphs import CUPY_CUBLAS, UNCAPTURABLE, DeviceStreams, StandInCuda
+from .cublas import StandInCublas
+from .graphs import UNCAPTURABLE, DeviceStreams, StandInCuda
 from .indexing import Indexing
 from .memory import DeviceMemory
 from .modules import DeviceRandom, Submodule
@@ -36,7 +37,6 @@ from .work import Work, gemm_flops, pad_launches
 COUNTERS = ("to_device", "to_host", "syncs", "duplicate_scatters")
 DOWNLOAD_METHODS = frozenset({"get", "item", "tolist", "tobytes"})
 LIKE_FUNCTIONS = frozenset({"empty_like", "zeros_like", "ones_like", "full_like"})
-GEMM_MODULE = "gpucnn/kernels/gemm.py:"  # caller_location() of gemm.matmul's product
 
 
 def _as_tuple(value):
@@ -56,6 +56,7 @@ class StandInDevice(Indexing):
         self.memory = DeviceMemory()  # bytes its arrays hold (tests/standin/memory.py)
         self.streams = DeviceStreams(self)
         self.cuda = StandInCuda(self.streams)
+        self._libcublas = StandInCublas(self)  # the cuBLAS handle and ctypes functions (tests/standin/cublas.py)
         self.random = DeviceRandom(self)
         self.linalg = Submodule(self, "cupy.linalg", cupy.linalg, np.linalg)
         self.fft = Submodule(self, "cupy.fft", cupy.fft, np.fft)
@@ -289,8 +290,9 @@ class StandInDevice(Indexing):
         return self.streams.record(partial(self.ufunc, numpy_ufunc, args, kwargs), self.wrap(result))
 
     def matmul(self, a, b, out=None, call="cupy.matmul"):
-        if self.streams.recording and not caller_location().startswith(GEMM_MODULE):
-            self.streams.refuse(call, CUPY_CUBLAS)  # gemm.matmul's product stands for its ctypes cuBLAS call
+        # CuPy's cuBLAS binding: refused during a capture, from gpucnn.kernels.gemm's lines as from
+        # any other (gemm's ctypes calls go to self._libcublas), else the handle takes the current stream
+        self._libcublas.cupy_call(call)
         a_np, b_np = self.unwrap(a), self.unwrap(b)
         if not isinstance(a, StandInArray) or not isinstance(b, StandInArray):
             raise self.discipline(call, f"{call} needs two device arrays")

@@ -10,8 +10,9 @@ what a GPU does with them:
   The stand-in runs every operation at once anyway (the Python code after it needs its
   shapes) and records it as a replayable entry; at ``end_capture()`` every buffer that
   existed at ``begin_capture()`` gets its contents of that moment back, so the capture has
-  changed nothing there. Buffers made during the capture keep what the eager run wrote (a
-  GPU would leave them unset).
+  changed nothing there, and every buffer made during the capture holds what a GPU leaves in
+  memory nothing has written yet: the stand-in puts NaN there (integers: their largest value;
+  booleans: True) until a launch writes it, so code that reads one before shows.
 * replay: ``graph.launch()`` runs the entries again, in order, on the same array objects:
   each reads its inputs' contents at launch time and writes the same buffers (a fresh
   result is copied into the array the capture returned, so every view of it sees the new
@@ -19,17 +20,25 @@ what a GPU does with them:
   ("graph launch") in ``device.work`` and its operations count nothing.
 * refused while a stream captures (a CupyConformanceError finding): downloads, uploads and
   every synchronisation (``synchronize()``, boolean masks, ``nonzero``), ``xp.random``
-  draws, a graph launch, a second capture, and ``begin_capture()`` on a stream that is not
-  the current one; work issued on another stream then is a NotModeledError finding.
+  draws, CuPy's cuBLAS calls (``xp.matmul``, ``xp.dot``: tests/standin/cublas.py), a graph
+  launch, a second capture, and ``begin_capture()`` on a stream that is not the current one;
+  work issued on another stream then is a NotModeledError finding.
+* memory pools: NumPy allocates (a MemoryPool holds nothing and ``using_allocator`` only
+  checks its argument, so freeing memory a graph still uses goes unnoticed: a graph keeps
+  its arrays alive here), but each device lists the pools that would still cache blocks on a
+  GPU (``streams.holding_pools``): one handed to ``using_allocator``, until its
+  ``free_all_blocks()``. CuPy 14.2 never frees a dropped pool's cached blocks
+  (cupy/cuda/memory.pyx: SingleDeviceMemoryPool has no ``__dealloc__``, and an ``_Arena``'s
+  index holds each free chunk with ``Py_INCREF``), so the list keeps dropped pools too.
 
-Not modelled: memory pools (NumPy allocates: a MemoryPool holds nothing and
-``using_allocator`` only checks its argument, so freeing memory a graph still uses goes
-unnoticed: a graph keeps its arrays alive here), ordering between streams (everything runs
-in issue order; events order nothing), capture modes, and CuPy's per-thread current stream
-(one per device here: gpucnn issues device work from one thread).
+Not modelled: ordering between streams (everything runs in issue order; events order
+nothing), capture modes, the blocks a pool caches for arrays still alive when it is emptied,
+and CuPy's per-thread current stream (one per device here: gpucnn issues device work from
+one thread).
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import weakref
@@ -87,12 +96,30 @@ class Capture:
     def __init__(self, stream: StandInStream, buffers):
         self.stream = stream
         self.entries: list[tuple] = []  # (replay, the device arrays the capture returned)
+        self.existing = list(buffers)  # held: their ids and memory stay theirs during the capture
         self.saved = [(b, b.copy()) for b in buffers if b.flags.writeable]
 
-    def restore(self) -> None:
-        """What a GPU shows after a capture: the buffers as they were before it."""
+    def restore(self, buffers) -> None:
+        """What a GPU shows after a capture: the buffers as they were before it, and those made
+        during it (``buffers`` holds every live one) unset: NaN, an integer's largest value, True."""
         for buffer, contents in self.saved:
-            buffer[...] = contents
+            if buffer.flags.writeable:  # else made read-only since (cuBLAS's workspace): unchanged
+                buffer[...] = contents
+        spans = sorted((b.ctypes.data, b.ctypes.data + b.nbytes) for b in self.existing)
+        starts, reach = [s for s, _ in spans], list(itertools.accumulate((e for _, e in spans), max))
+        before = {id(b) for b in self.existing}
+        for buffer in buffers:
+            start, end = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
+            i = bisect.bisect_left(starts, end)  # spans that start before this buffer ends: [0, i)
+            if id(buffer) in before or not buffer.flags.writeable or (i and reach[i - 1] > start):
+                continue  # existed, or a view of memory that existed (raw addresses)
+            kind = buffer.dtype.kind
+            if kind in "fc":
+                buffer[...] = np.nan
+            elif kind in "iu":
+                buffer[...] = np.iinfo(buffer.dtype).max
+            elif kind == "b":
+                buffer[...] = True
 
 
 class DeviceStreams:
@@ -107,6 +134,7 @@ class DeviceStreams:
         self._entered: list[StandInStream] = []  # the ``with stream:`` blocks, innermost last
         self._buffers = weakref.WeakValueDictionary()  # id -> root numpy array of device arrays
         self._capture: Capture | None = None
+        self.holding_pools: list[StandInMemoryPool] = []  # pools that would cache blocks on a GPU
 
     # -- called by the stand-in at every array and operation ------------------------------
     def track(self, a: np.ndarray) -> bool:
@@ -131,6 +159,15 @@ class DeviceStreams:
                                 "another stream during a capture; issue it inside `with stream:`")
             capture.entries.append((replay, result))
         return result
+
+    def buffer_at(self, ptr: int, nbytes: int):
+        """(root buffer, byte offset) of the live device buffer that holds [ptr, ptr + nbytes),
+        None when none does (what a raw address given to cuBLAS must point into)."""
+        for root in list(self._buffers.values()):
+            start = root.ctypes.data
+            if start <= ptr and ptr + nbytes <= start + root.nbytes:
+                return root, ptr - start
+        return None
 
     @property
     def recording(self) -> bool:
@@ -179,7 +216,7 @@ class DeviceStreams:
             raise self.device.conformance("cupy.cuda.Stream.end_capture", f"end_capture() on {stream}, "
                                           "which is not capturing")
         self._capture = None
-        capture.restore()
+        capture.restore(list(self._buffers.values()))
         return StandInGraph(self, capture.entries)
 
     def replay(self, entries) -> None:
@@ -285,9 +322,14 @@ class StandInGraph(ModelsCupy):
 
 
 class StandInMemoryPool(ModelsCupy):
-    """A ``cupy.cuda.MemoryPool`` that holds nothing: the stand-in's memory is NumPy's."""
+    """A ``cupy.cuda.MemoryPool`` that holds nothing (the stand-in's memory is NumPy's); it
+    counts its ``free_all_blocks()`` calls (``frees``) and leaves the device's
+    ``holding_pools`` when emptied."""
 
     _cupy, _cupy_name = cupy.cuda.MemoryPool, "cupy.cuda.MemoryPool"
+
+    def __init__(self, streams: DeviceStreams):
+        self._streams, self.frees = streams, 0
 
     def malloc(self, *args, **kwargs):
         self._bind("malloc", args, kwargs)
@@ -304,6 +346,10 @@ class StandInMemoryPool(ModelsCupy):
 
     def free_all_blocks(self, *args, **kwargs) -> None:
         self._bind("free_all_blocks", args, kwargs)
+        self.frees += 1
+        holding = self._streams.holding_pools
+        if self in holding:
+            holding.remove(self)
 
 
 class StandInCuda(ModelsCupy):
@@ -326,7 +372,7 @@ class StandInCuda(ModelsCupy):
 
     def MemoryPool(self, *args, **kwargs) -> StandInMemoryPool:  # noqa: N802 (CuPy's name)
         self._bind("MemoryPool", args, kwargs)
-        return StandInMemoryPool()
+        return StandInMemoryPool(self._streams)
 
     def using_allocator(self, *args, **kwargs):
         allocator = self._bind("using_allocator", args, kwargs).get("allocator")
@@ -336,6 +382,9 @@ class StandInCuda(ModelsCupy):
             raise self._streams.device.conformance("cupy.cuda.using_allocator", "using_allocator(allocator) "
                                                    f"needs a callable such as pool.malloc, got "
                                                    f"{type(allocator).__name__}")
+        pool = getattr(allocator, "__self__", None)
+        if isinstance(pool, StandInMemoryPool) and pool not in self._streams.holding_pools:
+            self._streams.holding_pools.append(pool)  # it caches what the block allocates, freed or not
         return contextlib.nullcontext()
 
 
