@@ -1,12 +1,12 @@
 """gpucnn: a small, readable CNN trainer on NumPy (CPU) or CuPy (CUDA GPU)."""
-from .backend import get_backend
-from .callbacks import Callback, EarlyStopping
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                     GlobalAvgPool2D, MaxPool2D, Normalize, ReLU)
-from .losses import SoftmaxCrossEntropy
-from .model import Sequential, load
+from .backends.backend import get_backend
+from .training.callbacks import Callback, EarlyStopping
+from .nn.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                        GlobalAvgPool2D, MaxPool2D, Normalize, ReLU)
+from .nn.losses import SoftmaxCrossEntropy
+from .nn.model import Sequential, load
 from .optim import SGD, Adam, AdamW
-from .parallel import get_num_threads, set_num_threads
+from .backends.cpu_threads import get_num_threads, set_num_threads
 from .random import default_generator, manual_seed
 
 __version__ = "0.1.0"

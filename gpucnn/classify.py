@@ -6,9 +6,9 @@
 
 The model is a training checkpoint, a ``Sequential.save`` file, an exported ``.onnx``
 file (run with ONNX Runtime) or a Sequential in memory. Each image is prepared exactly
-as the training images were (gpucnn.images: the model's channels, resized to its image
+as the training images were (gpucnn.data.images: the model's channels, resized to its image
 size, uint8 -> float32 / 255); the model's own first layer normalises it. The model keeps
-its class names and its training images' statistics (gpucnn.image_stats): results name
+its class names and its training images' statistics (gpucnn.data.image_stats): results name
 the classes, and an image unlike the training images gets a one-line ``note`` with the fix.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_stats import image_note
-from .images import is_image_file, list_images, read_images
+from .data.image_stats import image_note
+from .data.images import is_image_file, list_images, read_images
 
 __all__ = ["Classifier", "ImageResult", "load_classifier", "classify_images", "expand_paths"]
 
@@ -90,7 +90,7 @@ class Classifier:
             raise ValueError(f"{path}: expected an image model with input (N, C, H, W), got {graph_input.shape}")
         props = session.get_modelmeta().custom_metadata_map
         names = json.loads(props["gpucnn.class_names"]) if "gpucnn.class_names" in props else None
-        stats = json.loads(props["gpucnn.image_stats"]) if "gpucnn.image_stats" in props else None
+        stats = json.loads(props["gpucnn.data.image_stats"]) if "gpucnn.data.image_stats" in props else None
 
         def probabilities(x):  # uint8 (N, C, H, W) -> (N, classes)
             logits = session.run(None, {graph_input.name: x.astype(np.float32) / np.float32(255)})[0]
@@ -104,7 +104,7 @@ def load_classifier(path, device="cpu") -> Classifier:
     Backend) or an .onnx file (ONNX Runtime, CPU) -> Classifier."""
     if str(path).lower().endswith(".onnx"):
         return Classifier.from_onnx(path)
-    from .checkpoint import load_trained_model
+    from .training.checkpoint import load_trained_model
 
     return Classifier.from_model(load_trained_model(path, device))
 

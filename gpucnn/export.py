@@ -21,7 +21,7 @@ import json
 import numpy as np
 
 from . import __version__
-from .backend import to_host
+from .backends.backend import to_host
 from .fileio import atomic_output
 
 __all__ = ["CONVERTERS", "DEFAULT_OPSET", "MIN_OPSET", "infer_input_shape", "to_onnx"]
@@ -260,7 +260,7 @@ def to_onnx(model, path, input_shape=None, opset: int = DEFAULT_OPSET):
     shape ``model.data_info`` records (a trained model loaded from its file), else infers
     it where the first layer fixes it (see :func:`infer_input_shape`). The class names
     and training-image statistics the model keeps go into the file's metadata
-    ("gpucnn.class_names", "gpucnn.image_stats", JSON). The graph maps
+    ("gpucnn.class_names", "gpucnn.data.image_stats", JSON). The graph maps
     images (N, *input_shape) float32 -> logits (N, classes), N dynamic; weights are
     stored as float32 (a float64 model is exported in float32).
 

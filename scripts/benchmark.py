@@ -70,9 +70,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py, scripts/benchmarking/
 
-from gpucnn.backend import get_backend, gpu_status  # noqa: E402
-from gpucnn.kernel_groups import ENV_VAR as KERNELS_ENV  # noqa: E402
-from gpucnn.parallel import set_num_threads  # noqa: E402
+from gpucnn.backends.backend import get_backend, gpu_status  # noqa: E402
+from gpucnn.backends.kernel_groups import ENV_VAR as KERNELS_ENV  # noqa: E402
+from gpucnn.backends.cpu_threads import set_num_threads  # noqa: E402
 from benchmarking.cli import parse_args  # noqa: E402
 from cli_output import quiet_when_stdout_closes  # noqa: E402
 from benchmarking.gemm_floor import gemm_floor_seconds  # noqa: E402
@@ -111,7 +111,7 @@ def main(argv=None):
 
     from threadpoolctl import threadpool_info, threadpool_limits
     threadpool_limits(args.threads)
-    set_num_threads(args.threads)  # gpucnn's own threads for chunked layer work (gpucnn.parallel)
+    set_num_threads(args.threads)  # gpucnn's own threads for chunked layer work (gpucnn.backends.cpu_threads)
     if args.layers:
         import torch
         from benchmarking.layer_bench import layer_table

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
 from argtypes import ArgumentParser, positive_int  # noqa: E402
 from cli_output import quiet_when_stdout_closes  # noqa: E402
-from gpucnn.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
-from gpucnn.images import parse_image_size  # noqa: E402
+from gpucnn.training.config import DATASETS, DEVICES, FILE_DATASETS  # noqa: E402
+from gpucnn.data.images import parse_image_size  # noqa: E402
 
 DATA_ROOT = REPO / "data"  # a named dataset's files are looked for in DATA_ROOT/<name>
 
@@ -107,7 +107,7 @@ def check_dataset_flags(p, args, dataset: str) -> None:
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    from gpucnn.checkpoint import CheckpointError, read_model, rebuild
+    from gpucnn.training.checkpoint import CheckpointError, read_model, rebuild
     try:
         architecture, params, meta = read_model(args.model)
         model = rebuild(architecture, params, args.model)
@@ -115,21 +115,21 @@ def main(argv=None):
         p.refuse(f"argument model: {exc}")
     dataset, data_dir, limit_test, recorded, source = choose_data(args, meta and meta["config"])
     if args.dataset is None and meta:  # the checkpoint's dataset: a file or folder that may be gone
-        from gpucnn.config import FlagError
-        from gpucnn.resume import check_recorded_dataset
+        from gpucnn.training.config import FlagError
+        from gpucnn.training.resume import check_recorded_dataset
         try:
             check_recorded_dataset(dataset, "evaluate on a copy of it")
         except FlagError as exc:
             p.error(f"argument model: {exc}")
     check_dataset_flags(p, args, dataset)
 
-    from gpucnn import datasets
-    from gpucnn.backend import get_backend
-    from gpucnn.checkpoint import read_data_info
-    from gpucnn.data import check_labels, is_download_failure
-    from gpucnn.report import format_confusion
-    from gpucnn.splits import SplitError, data_generator, plan_splits, plan_test_subset
-    from gpucnn.train import EVAL_BATCH_SIZE, held_out_report
+    from gpucnn.data import datasets
+    from gpucnn.backends.backend import get_backend
+    from gpucnn.training.checkpoint import read_data_info
+    from gpucnn.data.batches import check_labels, is_download_failure
+    from gpucnn.training.report import format_confusion
+    from gpucnn.data.splits import SplitError, data_generator, plan_splits, plan_test_subset
+    from gpucnn.training.run import EVAL_BATCH_SIZE, held_out_report
 
     info = read_data_info(args.model)  # input shape, class names
     try:

@@ -96,7 +96,7 @@ def main(argv=None):
         except ImportError:
             p.refuse(f"argument {ONNXRUNTIME_MISSING}")
 
-    from gpucnn.checkpoint import CheckpointError, check_output_path, read_data_info, read_model, rebuild
+    from gpucnn.training.checkpoint import CheckpointError, check_output_path, read_data_info, read_model, rebuild
     from gpucnn.export import to_onnx
 
     try:

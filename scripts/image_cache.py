@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/argtypes.py
 
 from argtypes import ArgumentParser  # noqa: E402
-from gpucnn.datasets.image_cache import clear_cache, default_cache_dir, list_cache  # noqa: E402
+from gpucnn.data.datasets.image_cache import clear_cache, default_cache_dir, list_cache  # noqa: E402
 
 
 def build_parser() -> ArgumentParser:

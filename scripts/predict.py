@@ -56,7 +56,7 @@ def unreadable(results) -> str:
     """The error line for the images that could not be read, e.g. "expected image files
     ... that can be read, got 1 of 20 that cannot: notes.txt (not an image file); the
     others were classified"."""
-    from gpucnn.images import IMAGE_EXTENSIONS
+    from gpucnn.data.images import IMAGE_EXTENSIONS
 
     bad = [r for r in results if r.error is not None]
     shown = "; ".join(f"{r.path} ({r.error})" for r in bad[:SHOWN_BAD])
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not Path(args.model).is_file():
         p.refuse(f"argument model: no file at {args.model}")
-    from gpucnn.checkpoint import CheckpointError
+    from gpucnn.training.checkpoint import CheckpointError
     from gpucnn.classify import classify_images, load_classifier
 
     try:

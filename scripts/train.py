@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 r"""Train a CNN on MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's 8x8 digits, your own
-.npz file or folder of images: a thin CLI over gpucnn.train.
+.npz file or folder of images: a thin CLI over gpucnn.training.run.
 
     python scripts/train.py                      # simple conv-pool-softmax net, 3 epochs
     python scripts/train.py --arch lenet-bn --augment shift:2 --schedule onecycle --optimizer adamw \
@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 # After every matrix multiply, OpenBLAS's idle worker threads spin for about 0.1 s before they
-# sleep, on the cores that gpucnn's own threads (gpucnn.parallel) and the next layer's NumPy
+# sleep, on the cores that gpucnn's own threads (gpucnn.backends.cpu_threads) and the next layer's NumPy
 # passes need. This process is gpucnn's alone, so they sleep at once (OpenBLAS reads this when
 # NumPy loads it, below; a value the user set wins). On the 2-core development VM epochs ran
 # 5-15% faster with it (simple and lenet-bn, three runs each way; README, CPU speed).
@@ -171,12 +171,12 @@ def train(parser, args, given: set | None = None) -> int:
     except DiskFullError as exc:  # the --checkpoint probe found the device full: a failure
         tell_user(f"error: {exc}")
         return 1
-    from gpucnn.checkpoint import CheckpointError
-    from gpucnn.data import DataError, is_download_failure
-    from gpucnn.splits import SplitError
-    from gpucnn.config import FlagError
-    from gpucnn.report import write_metrics_json
-    from gpucnn.train import NonFiniteLossError, TrainingInterrupted, run
+    from gpucnn.training.checkpoint import CheckpointError
+    from gpucnn.data.batches import DataError, is_download_failure
+    from gpucnn.data.splits import SplitError
+    from gpucnn.training.config import FlagError
+    from gpucnn.training.report import write_metrics_json
+    from gpucnn.training.run import NonFiniteLossError, TrainingInterrupted, run
 
     log = say if config.verbose else (lambda *a, **k: None)
     try:
@@ -212,7 +212,7 @@ def train(parser, args, given: set | None = None) -> int:
             continue
         try:
             if flag == "--plot":
-                from gpucnn.plot import plot_run
+                from gpucnn.training.plot import plot_run
                 plot_run(result, path)
             else:
                 write_metrics_json(path, result)

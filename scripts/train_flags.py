@@ -10,8 +10,8 @@ from pathlib import Path
 
 from argtypes import (ArgumentParser, non_negative_float, non_negative_int, open_fraction, positive_float,
                       positive_int, unit_interval)
-from gpucnn.config import ARCHS, DEVICES, FILE_DATASETS, OPTIMIZERS, SCHEDULE_NAMES, TrainConfig
-from gpucnn.resume import RESUME_MAY_CHANGE
+from gpucnn.training.config import ARCHS, DEVICES, FILE_DATASETS, OPTIMIZERS, SCHEDULE_NAMES, TrainConfig
+from gpucnn.training.resume import RESUME_MAY_CHANGE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULTS = TrainConfig()
@@ -23,7 +23,7 @@ def _flags(names) -> str:
     return ", ".join(f"--{name.replace('_', '-')}" for name in names)
 
 
-# what --resume takes from the checkpoint, refuses and lets change: gpucnn.config decides, --help says
+# what --resume takes from the checkpoint, refuses and lets change: gpucnn.training.config decides, --help says
 RESUME_HELP = ("continue the run of a --checkpoint file with the settings it records (--resume PATH --epochs N "
                f"is enough). Refused when given other than the checkpoint's: {_flags(TrainConfig.RUN_DEFINING)} "
                "(the data, the model, its optimizer and schedule; --dataset may name a new place for the data "
@@ -171,9 +171,9 @@ def given_flags(argv) -> set:
 def resumed_config(p, args, given: set) -> TrainConfig:
     """The config that continues --resume's run: its settings, this run's given flags on top;
     exits with 2 listing every given flag that contradicts it."""
-    from gpucnn.checkpoint import CheckpointError, load_checkpoint
-    from gpucnn.config import FlagError
-    from gpucnn.resume import resume_config
+    from gpucnn.training.checkpoint import CheckpointError, load_checkpoint
+    from gpucnn.training.config import FlagError
+    from gpucnn.training.resume import resume_config
     try:
         meta = load_checkpoint(args.resume)["meta"]
         asked = {dest: getattr(args, dest) for dest in given if dest not in NOT_CONFIG}
@@ -208,7 +208,7 @@ def check_args(p, args, given: set | None = None) -> TrainConfig:
     except (ValueError, ImportError) as exc:
         p.error(f"argument {exc}")
 
-    from gpucnn.checkpoint import check_output_path
+    from gpucnn.training.checkpoint import check_output_path
     outputs = {"--checkpoint": config.checkpoint, "--metrics-json": args.metrics_json, "--plot": args.plot}
     for flag in ("--metrics-json", "--plot"):
         if outputs[flag] is None:
@@ -216,7 +216,7 @@ def check_args(p, args, given: set | None = None) -> TrainConfig:
         try:
             check_output_path(outputs[flag])
             if flag == "--plot":
-                from gpucnn.plot import check_plot_path
+                from gpucnn.training.plot import check_plot_path
                 check_plot_path(outputs[flag])
         except (ValueError, ImportError) as exc:
             p.error(f"argument {flag}: {exc}")
@@ -229,9 +229,9 @@ def check_args(p, args, given: set | None = None) -> TrainConfig:
                 p.error(f"argument {flag}: the same file as {other} ({path}); give each output its own file")
 
     if args.resume:
-        from gpucnn.checkpoint import CheckpointError, load_checkpoint
-        from gpucnn.config import FlagError
-        from gpucnn.resume import check_resume
+        from gpucnn.training.checkpoint import CheckpointError, load_checkpoint
+        from gpucnn.training.config import FlagError
+        from gpucnn.training.resume import check_resume
         try:
             check_resume(config, load_checkpoint(args.resume)["meta"])
         except (CheckpointError, FlagError) as exc:

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers: reference, standin, gradcheck
 
-from gpucnn.backend import get_backend, gpu_status  # noqa: E402
-from gpucnn.kernel_groups import select as select_kernels  # noqa: E402
+from gpucnn.backends.backend import get_backend, gpu_status  # noqa: E402
+from gpucnn.backends.kernel_groups import select as select_kernels  # noqa: E402
 from standin import FINDINGS, standin_backend  # noqa: E402
 
 _CUPY, _NO_GPU_REASON = gpu_status()
@@ -19,7 +19,7 @@ _NEEDS_GPU = pytest.mark.skipif(_CUPY is None, reason=f"needs a CUDA GPU: {_NO_G
 
 # Every backend test runs on NumPy, on the CuPy stand-in (always: CI has no GPU) and on
 # real CuPy when a CUDA device is usable (skipped with the reason otherwise); on the two GPU
-# kinds both with the default fused kernels (gpucnn.kernels) and with none of them, so the
+# kinds both with the default fused kernels (gpucnn.backends.kernels) and with none of them, so the
 # generic CuPy code stays tested too.
 BACKENDS = [
     pytest.param("cpu", id="cpu"),
@@ -67,7 +67,7 @@ def device_backend(request):
 
 @pytest.fixture(params=[BACKENDS[1], BACKENDS[3]])  # the stand-in, a real GPU
 def kernel_backend(request):
-    """A GPU-like backend running every fused kernel (gpucnn.kernels): the CuPy stand-in
+    """A GPU-like backend running every fused kernel (gpucnn.backends.kernels): the CuPy stand-in
     (each launch runs the kernel's NumPy twin after checking its arguments against the
     CUDA signature), or a real GPU when present (the CUDA kernels themselves). The GPU's
     selection goes back to the defaults afterwards."""

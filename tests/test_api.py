@@ -8,9 +8,9 @@ import pytest
 
 import gpucnn
 from gpucnn import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, SoftmaxCrossEntropy
-from gpucnn.backend import array_module
+from gpucnn.backends.backend import array_module
 from gpucnn.optim import SGD
-from gpucnn.zoo import ARCHS, build_model
+from gpucnn.nn.zoo import ARCHS, build_model
 from standin import standin_backend
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn.augment import Augment, crop_and_flip, parse_augment
-from gpucnn.backend import get_backend
+from gpucnn.data.augment import Augment, crop_and_flip, parse_augment
+from gpucnn.backends.backend import get_backend
 
 N, C, H, W = 32, 2, 6, 5
 

@@ -19,8 +19,8 @@ import pytest
 
 from gpucnn import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                     GlobalAvgPool2D, MaxPool2D, Normalize, ReLU, Sequential, SoftmaxCrossEntropy, optim)
-from gpucnn.backend import GPUFallbackWarning, array_module, get_backend, gpu_status
-from gpucnn.layers import LAYER_TYPES
+from gpucnn.backends.backend import GPUFallbackWarning, array_module, get_backend, gpu_status
+from gpucnn.nn.layers import LAYER_TYPES
 from gpucnn.optim import SGD, Adam, AdamW
 from tolerance import (assert_within, batchnorm_bounds, elementwise_bound, linear_layer_bounds,
                        softmax_ce_bounds)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD
-from gpucnn.zoo import ARCHS, build_model
+from gpucnn.nn.zoo import ARCHS, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))

@@ -14,12 +14,13 @@ import pytest
 
 import gpucnn
 from gpucnn import Callback, EarlyStopping
-from gpucnn import loops, report
-from gpucnn.callbacks import CallbackList, better_epoch
-from gpucnn.data import batch_slices, load_digits
+from gpucnn.training import loops
+from gpucnn.training import report
+from gpucnn.training.callbacks import CallbackList, better_epoch
+from gpucnn.data.batches import batch_slices, load_digits
 from gpucnn.distributed import SingleProcess
-from gpucnn.train import fit, make_optimizer
-from gpucnn.zoo import build_model
+from gpucnn.training.run import fit, make_optimizer
+from gpucnn.nn.zoo import build_model
 from mpirun import run_mpi
 from standin import standin_backend
 
@@ -152,7 +153,7 @@ def test_a_callback_that_sets_stop_training_ends_fit_after_that_epoch():
 
 
 def test_callbacks_must_be_callback_objects():
-    with pytest.raises(TypeError, match="subclass gpucnn.callbacks.Callback, got function"):
+    with pytest.raises(TypeError, match="subclass gpucnn.training.callbacks.Callback, got function"):
         train([lambda epoch, logs: None], epochs=1)
 
 
@@ -311,12 +312,12 @@ RANKS_PROGRAM = '''
 import sys
 import numpy as np
 from gpucnn import Callback, EarlyStopping
-from gpucnn.backend import get_backend
-from gpucnn.data import load_digits
+from gpucnn.backends.backend import get_backend
+from gpucnn.data.batches import load_digits
 from gpucnn.distributed import get_communicator, parameters_of, state_of
 from gpucnn.optim import Adam
-from gpucnn.train import fit
-from gpucnn.zoo import build_model
+from gpucnn.training.run import fit
+from gpucnn.nn.zoo import build_model
 
 backend = get_backend("cpu")
 comm = get_communicator(backend)

@@ -1,4 +1,4 @@
-"""gpucnn.checkpoint: atomic saves that survive Ctrl-C, and one clear CheckpointError for
+"""gpucnn.training.checkpoint: atomic saves that survive Ctrl-C, and one clear CheckpointError for
 every file that cannot be read as what it is asked to be."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_output_path, checkpoint_arrays,
-                               load_checkpoint, load_trained_model, read_model, save_checkpoint,
-                               write_checkpoint)
-from gpucnn.config import TrainConfig, make_optimizer
-from gpucnn.zoo import build_model
+from gpucnn.training.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_output_path, checkpoint_arrays,
+                                        load_checkpoint, load_trained_model, read_model, save_checkpoint,
+                                        write_checkpoint)
+from gpucnn.training.config import TrainConfig, make_optimizer
+from gpucnn.nn.zoo import build_model
 
 
 @pytest.fixture

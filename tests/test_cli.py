@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpucnn.datasets
-import gpucnn.loops
-import gpucnn.report
-import gpucnn.train
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.data import DataError
-from gpucnn.train import TrainConfig, run
+import gpucnn.data.datasets
+import gpucnn.training.loops
+import gpucnn.training.report
+import gpucnn.training.run
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.data.batches import DataError
+from gpucnn.training.run import TrainConfig, run
 from scripts_in_process import load_script, main  # noqa: F401  (test_toolkit_cli imports them from here)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +46,8 @@ def no_data(monkeypatch):
     checked before."""
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded (or a model built) before the flags were checked")
-    monkeypatch.setattr(gpucnn.train, "load_dataset", forbidden)
-    monkeypatch.setattr(gpucnn.train, "build_model", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "load_dataset", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "build_model", forbidden)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +143,8 @@ def test_bad_output_paths_exit_2_naming_the_flag_before_loading_data(case, tmp_p
 def test_an_output_failing_after_training_keeps_the_checkpoint_and_says_so(flag, tmp_path, capsys, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(gpucnn.report, "write_metrics_json", disk_full)
-    monkeypatch.setattr("gpucnn.plot.plot_run", disk_full)
+    monkeypatch.setattr(gpucnn.training.report, "write_metrics_json", disk_full)
+    monkeypatch.setattr("gpucnn.training.plot.plot_run", disk_full)
     ckpt, out_file = tmp_path / "c.npz", tmp_path / ("m.json" if flag == "--metrics-json" else "p.png")
     status, out, err = main(train_cli, ["--dataset", "digits", "--epochs", "1", "--verbose", "0",
                                         "--checkpoint", ckpt, flag, out_file], capsys)
@@ -168,7 +168,7 @@ def test_an_output_failing_after_training_keeps_the_checkpoint_and_says_so(flag,
 def test_splits_that_leave_a_class_or_split_empty_exit_2_before_any_model(flags, message, capsys, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was built before the split sizes were checked")
-    monkeypatch.setattr(gpucnn.train, "build_model", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "build_model", forbidden)
     status, out, err = main(train_cli, ["--dataset", "digits", "--verbose", "0", *flags], capsys)
     assert status == 2
     assert len(error_lines(err)) == 1 and message in error_lines(err)[0], err
@@ -208,14 +208,14 @@ def test_resume_with_no_epochs_left_exits_2(digits_checkpoint, capsys, no_data):
 # -- 11: Ctrl-C ----------------------------------------------------------------------------
 def interrupt_at_epoch(monkeypatch, epoch):
     """train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts."""
-    real, calls = gpucnn.loops.train_epoch, []
+    real, calls = gpucnn.training.loops.train_epoch, []
 
     def train_epoch(*args, **kwargs):
         calls.append(1)
         if len(calls) == epoch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(gpucnn.loops, "train_epoch", train_epoch)  # fit looks it up there
+    monkeypatch.setattr(gpucnn.training.loops, "train_epoch", train_epoch)  # fit looks it up there
 
 
 def test_ctrl_c_prints_a_resume_command_that_keeps_checkpointing(tmp_path, capsys, monkeypatch):
@@ -245,11 +245,11 @@ def test_ctrl_c_without_checkpoint_saves_the_last_completed_epoch_exactly(tmp_pa
     monkeypatch.chdir(tmp_path)
     base = dict(dataset="digits", lr=0.01, verbose=0, seed=1, limit_test=50)
     straight = run(TrainConfig(epochs=2, **base), log=lambda *a: None)
-    with monkeypatch.context() as patch, pytest.raises(gpucnn.train.TrainingInterrupted) as info:
+    with monkeypatch.context() as patch, pytest.raises(gpucnn.training.run.TrainingInterrupted) as info:
         interrupt_at_epoch(patch, 2)
         run(TrainConfig(epochs=4, **base), log=lambda *a: None)
-    assert (info.value.epoch, info.value.checkpoint) == (1, gpucnn.train.INTERRUPTED_CHECKPOINT)
-    resumed = run(TrainConfig(epochs=2, resume=gpucnn.train.INTERRUPTED_CHECKPOINT, **base), log=lambda *a: None)
+    assert (info.value.epoch, info.value.checkpoint) == (1, gpucnn.training.run.INTERRUPTED_CHECKPOINT)
+    resumed = run(TrainConfig(epochs=2, resume=gpucnn.training.run.INTERRUPTED_CHECKPOINT, **base), log=lambda *a: None)
     for key, value in straight["model"].state_dict().items():
         np.testing.assert_array_equal(resumed["model"].state_dict()[key], value, err_msg=key)
 
@@ -369,7 +369,7 @@ def test_download_is_off_unless_asked(tmp_path, capsys, monkeypatch):
     def fake_load_mnist(data_dir, download=True):
         calls.append(download)
         raise DataError(f"MNIST files missing in {data_dir}")
-    monkeypatch.setitem(gpucnn.datasets._FILE_LOADERS, "mnist", fake_load_mnist)
+    monkeypatch.setitem(gpucnn.data.datasets._FILE_LOADERS, "mnist", fake_load_mnist)
     for flags in ([], ["--download"]):
         status, _, err = main(train_cli, ["--data-dir", tmp_path, "--verbose", "0", *flags], capsys)
         assert status == 2 and error_lines(err) == [f"train.py: error: MNIST files missing in {tmp_path}"]
@@ -410,7 +410,7 @@ def test_evaluate_a_model_file_says_which_dataset_it_used(tmp_path, digits_check
 
 # -- the GPU fallback and the plot ----------------------------------------------------------
 def test_gpu_request_without_gpu_falls_back_and_says_so():
-    from gpucnn.backend import gpu_status
+    from gpucnn.backends.backend import gpu_status
     if gpu_status()[0] is not None:
         pytest.skip("a GPU is present: nothing falls back")
     proc = subprocess.run(TRAIN + ["--device", "gpu", "--dataset", "digits", "--epochs", "1", "--verbose", "2"],
@@ -434,7 +434,7 @@ def test_plot_writes_the_format_its_extension_names(tmp_path, capsys):
 
 # -- 15: the figure -----------------------------------------------------------------------
 def test_kernel_mosaic_is_one_gap_free_image():
-    from gpucnn.plot import kernel_mosaic
+    from gpucnn.training.plot import kernel_mosaic
 
     kernels = np.arange(32 * 25, dtype=np.float32).reshape(32, 5, 5)
     mosaic = kernel_mosaic(kernels)
@@ -447,7 +447,7 @@ def test_kernel_mosaic_is_one_gap_free_image():
 
 
 def test_figure_names_the_run_labels_every_axis_in_percent(digits_checkpoint):
-    from gpucnn.plot import run_figure
+    from gpucnn.training.plot import run_figure
 
     _, result = digits_checkpoint
     figure = run_figure(result)

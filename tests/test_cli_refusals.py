@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpucnn.checkpoint
-import gpucnn.datasets
-import gpucnn.train
-from gpucnn.checkpoint import DiskFullError, load_checkpoint, write_checkpoint
-from gpucnn.data import DataError
+import gpucnn.training.checkpoint
+import gpucnn.data.datasets
+import gpucnn.training.run
+from gpucnn.training.checkpoint import DiskFullError, load_checkpoint, write_checkpoint
+from gpucnn.data.batches import DataError
 from gpucnn.fileio import atomic_output, format_bytes
-from gpucnn.images import parse_image_size
-from gpucnn.loops import NonFiniteLossError
-from gpucnn.train import TrainConfig, run
+from gpucnn.data.images import parse_image_size
+from gpucnn.training.loops import NonFiniteLossError
+from gpucnn.training.run import TrainConfig, run
 from scripts_in_process import load_script, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def test_an_unusable_image_folder_is_one_line_and_exit_2(case, tmp_path, capsys,
     if "cannot be read" in message:
         assert line.endswith("fix: delete or replace them, or leave them out with --skip-bad-images")
     if "cannot be read" not in message:  # evaluate.py leaves unreadable files out, saying how many
-        from gpucnn.zoo import build_model
+        from gpucnn.nn.zoo import build_model
         build_model("simple", (1, 8, 8), 2, np.random.default_rng(0)).save(tmp_path / "model.npz")
         status, _, err = main(SCRIPTS["evaluate"], [tmp_path / "model.npz", "--dataset", folder], capsys)
         assert message in refusal(status, err, "evaluate.py") and len(err.splitlines()) == 1
@@ -132,7 +132,7 @@ def test_evaluate_on_a_folder_too_small_to_split_as_a_run_would_names_no_flag_it
     (it used to refuse, naming --val-fraction, which it has no flag for)."""
     pytest.importorskip("PIL")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default cache: not the user's
-    from gpucnn.zoo import build_model
+    from gpucnn.nn.zoo import build_model
     build_model("simple", (1, 8, 8), 2, np.random.default_rng(0)).save(tmp_path / "model.npz")
     folder = write_images(tmp_path / "tiny")  # 3 images per class: 4 train, 2 test
     status, out, err = main(SCRIPTS["evaluate"], [tmp_path / "model.npz", "--dataset", folder,
@@ -166,7 +166,7 @@ def test_missing_dataset_files_are_bad_input_but_a_failed_download_is_a_failure(
             raise DataError("could not download train-images-idx3-ubyte.gz:\n  mirror: timed out")
         except DataError as exc:
             raise DataError(f"MNIST files missing in {data_dir}, and the download failed: {exc}") from exc
-    monkeypatch.setitem(gpucnn.datasets._FILE_LOADERS, "mnist", missing)
+    monkeypatch.setitem(gpucnn.data.datasets._FILE_LOADERS, "mnist", missing)
     status, _, err = main(SCRIPTS["train"], ["--data-dir", tmp_path, "--verbose", "0"], capsys)
     assert refusal(status, err, "train.py").endswith("allow the download with --download")
     status, _, err = main(SCRIPTS["train"], ["--data-dir", tmp_path, "--download", "--verbose", "0"], capsys)
@@ -176,7 +176,7 @@ def test_missing_dataset_files_are_bad_input_but_a_failed_download_is_a_failure(
 def test_a_nan_loss_is_a_failure_not_bad_input(tmp_path, capsys, monkeypatch):
     def diverged(*args, **kwargs):
         raise NonFiniteLossError("the loss became nan at epoch 1; lower --lr")
-    monkeypatch.setattr(gpucnn.train, "fit", diverged)
+    monkeypatch.setattr(gpucnn.training.run, "fit", diverged)
     status, _, err = main(SCRIPTS["train"], TINY, capsys)
     assert status == 1 and err.splitlines() == ["error: the loss became nan at epoch 1; lower --lr"]
 
@@ -265,7 +265,7 @@ def free_space(monkeypatch, free: int):
 
 def test_a_disk_that_fills_mid_run_keeps_the_last_epoch_and_says_so(tmp_path, capsys, monkeypatch):
     ckpt, writes = tmp_path / "c.npz", []
-    real_savez = gpucnn.checkpoint.atomic_savez
+    real_savez = gpucnn.training.checkpoint.atomic_savez
 
     def fills_at_the_third_save(path, arrays):
         writes.append(path)
@@ -274,7 +274,7 @@ def test_a_disk_that_fills_mid_run_keeps_the_last_epoch_and_says_so(tmp_path, ca
         with atomic_output(path, suffix=".npz") as f:  # half a file, then the device is full
             f.write(b"PK" * 1000)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(gpucnn.checkpoint, "atomic_savez", fills_at_the_third_save)
+    monkeypatch.setattr(gpucnn.training.checkpoint, "atomic_savez", fills_at_the_third_save)
     free_space(monkeypatch, 1_150_000)
     status, out, err = main(SCRIPTS["train"], [*TINY, "--epochs", "4", "--checkpoint", ckpt], capsys)
     assert status == 1 and len(writes) == 3
@@ -288,7 +288,7 @@ def test_a_disk_that_fills_mid_run_keeps_the_last_epoch_and_says_so(tmp_path, ca
 def test_a_disk_too_full_for_one_save_fails_before_training(tmp_path, capsys, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained although no checkpoint could be saved")
-    monkeypatch.setattr(gpucnn.train, "fit", no_training)
+    monkeypatch.setattr(gpucnn.training.run, "fit", no_training)
     free_space(monkeypatch, 10_000)
     ckpt = tmp_path / "c.npz"
     status, _, err = main(SCRIPTS["train"], [*TINY, "--checkpoint", ckpt], capsys)
@@ -307,7 +307,7 @@ def test_write_checkpoint_on_a_full_disk_raises_an_oserror_naming_the_path_sizes
 
     def full(path, arrays):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(gpucnn.checkpoint, "atomic_savez", full)
+    monkeypatch.setattr(gpucnn.training.checkpoint, "atomic_savez", full)
     free_space(monkeypatch, 2048)
     with pytest.raises(OSError) as info:
         write_checkpoint(path, arrays)
@@ -322,13 +322,13 @@ def test_write_checkpoint_on_a_full_disk_raises_an_oserror_naming_the_path_sizes
 
 
 def test_a_full_disk_found_by_the_checkpoint_probe_is_a_failure_not_bad_input(tmp_path, capsys, monkeypatch):
-    real_mkstemp = gpucnn.checkpoint.tempfile.mkstemp
+    real_mkstemp = gpucnn.training.checkpoint.tempfile.mkstemp
 
     def full(*args, prefix="", **kwargs):
         if prefix == ".gpucnn-probe-":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_mkstemp(*args, prefix=prefix, **kwargs)
-    monkeypatch.setattr(gpucnn.checkpoint.tempfile, "mkstemp", full)
+    monkeypatch.setattr(gpucnn.training.checkpoint.tempfile, "mkstemp", full)
     free_space(monkeypatch, 0)
     status, _, err = main(SCRIPTS["train"], [*TINY, "--checkpoint", tmp_path / "c.npz"], capsys)
     assert status == 1 and err.splitlines() == [f"error: no space left on device writing {tmp_path / 'c.npz'} "

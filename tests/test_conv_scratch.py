@@ -1,5 +1,5 @@
 """Conv2D's large im2col columns on the fused GPU path go to one buffer per device
-(gpucnn/layers/scratch.py) and are rebuilt in backward from the kept input: the same
+(gpucnn/nn/layers/scratch.py) and are rebuilt in backward from the kept input: the same
 numbers as the private-columns path and as NumPy (inputs and weights are multiples of
 1/4, so every sum is exact on every device), and one buffer for every layer.
 Device: the CuPy stand-in, and a real GPU where present."""
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpucnn import Conv2D, MaxPool2D, ReLU, Sequential
-from gpucnn.backend import get_backend
-from gpucnn.layers import conv as conv_module
-from gpucnn.layers import scratch
+from gpucnn.backends.backend import get_backend
+from gpucnn.nn.layers import conv as conv_module
+from gpucnn.nn.layers import scratch
 from standin import standin_backend
 
 
@@ -99,14 +99,14 @@ def test_columns_in_channel_groups_give_the_numbers_of_numpy(monkeypatch, chunk_
     """Columns over CHUNK_BYTES go a group of input channels at a time (conv_chunks.py): forward
     adds the groups' products, backward takes each group's gradient rows and dx channels. With
     sums exact on every device, the outputs, input gradients and weight gradients equal NumPy's."""
-    from gpucnn.layers import conv_chunks
+    from gpucnn.nn.layers import conv_chunks
     monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
     monkeypatch.setattr(conv_chunks, "CHUNK_BYTES", chunk_bytes)
     assert_equals_numpy(kernel_backend, data_seed=5, model_seed=4)
 
 
 def test_channel_groups_keep_the_columns_under_the_limit():
-    from gpucnn.layers.conv_chunks import channel_groups
+    from gpucnn.nn.layers.conv_chunks import channel_groups
     per_channel = 9 * 1000 * 4  # 3x3 rows of 1000 columns, float32
     assert channel_groups(64, 3, 3, 1000, 4, limit=10 * per_channel) == [  # 7 groups, as even as they go
         (0, 10), (10, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 64)]
@@ -117,7 +117,7 @@ def test_channel_groups_keep_the_columns_under_the_limit():
 
 def test_grouped_columns_hold_one_group_at_a_time(monkeypatch):
     """The shared buffer holds one group's columns (with the ones row), not the layer's. Stand-in."""
-    from gpucnn.layers import conv_chunks
+    from gpucnn.nn.layers import conv_chunks
     monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
     monkeypatch.setattr(conv_chunks, "CHUNK_BYTES", 1)  # one input channel a group
     backend = standin_backend(kernels="all")

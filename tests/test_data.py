@@ -1,4 +1,4 @@
-"""MNIST IDX loading (through gpucnn.data, the old import path): checksums, truncation,
+"""MNIST IDX loading (through gpucnn.data.batches, the old import path): checksums, truncation,
 magic numbers, downloads from a local server only when allowed."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from local_server import LocalServer, dead_url
 
-from gpucnn.data import (MNIST_FILES, DataError, download_mnist, load_digits, load_mnist, read_idx,
-                         stratified_split)
+from gpucnn.data.batches import (MNIST_FILES, DataError, download_mnist, load_digits, load_mnist, read_idx,
+                                 stratified_split)
 
 REPO_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
 TEST_LABELS, TEST_LABELS_SHA = MNIST_FILES["test_labels"]

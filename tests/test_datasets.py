@@ -1,4 +1,4 @@
-"""gpucnn.datasets: Fashion-MNIST and CIFAR-10 loaders on small files written here in the
+"""gpucnn.data.datasets: Fashion-MNIST and CIFAR-10 loaders on small files written here in the
 official formats (with their checksums patched in), downloads from a local server, the
 .npz loader's every check, channel_stats, and the load() entry point."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from local_server import LocalServer, dead_url
 
-from gpucnn import datasets
-from gpucnn.datasets import DataError, cifar10, fashion_mnist, stats
-from gpucnn.datasets.download import download_file
+from gpucnn.data import datasets
+from gpucnn.data.datasets import DataError, cifar10, fashion_mnist, stats
+from gpucnn.data.datasets.download import download_file
 
 REPO_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
 

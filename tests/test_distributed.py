@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gpucnn import parallel
-from gpucnn.backend import get_backend, gpu_status
-from gpucnn.data import batch_slices
+from gpucnn.backends import cpu_threads as parallel
+from gpucnn.backends.backend import get_backend, gpu_status
+from gpucnn.data.batches import batch_slices
 from gpucnn.distributed import (NCCLCommunicator, ShardedSampler, SingleProcess, StopSignal, _CupyNCCL,
                                 allreduce_metrics, gradient_bytes, gradients_of, main_process_log,
                                 parameters_of, ring_allreduce_seconds, shard_range, state_of,
                                 step_generator, time_allreduce)
-from gpucnn.train import build_model
+from gpucnn.training.run import build_model
 from mpirun import PROGRAMS, run_job, run_mpi, subprocess_env
 from standin import standin_backend
 
@@ -100,7 +100,7 @@ def test_ranks_on_one_machine_split_its_cpus_between_their_blas_threads():
 
 
 def test_one_process_without_a_launcher_is_single_process():
-    code = ("from gpucnn.backend import get_backend\n"
+    code = ("from gpucnn.backends.backend import get_backend\n"
             "from gpucnn.distributed import get_communicator\n"
             "c = get_communicator(get_backend('cpu'))\n"
             "print(type(c).__name__, c.rank, c.size, c.is_main)\n"
@@ -113,7 +113,7 @@ def test_one_process_without_a_launcher_is_single_process():
 
 
 def test_mpi4py_is_never_imported_without_distributed():
-    code = ("import sys, gpucnn, gpucnn.distributed, gpucnn.train\n"
+    code = ("import sys, gpucnn, gpucnn.distributed, gpucnn.training.run\n"
             "from gpucnn.distributed import ShardedSampler, SingleProcess\n"
             "SingleProcess().allreduce_scalar(1)\n"
             "print('mpi4py' in sys.modules)\n")
@@ -326,7 +326,7 @@ def test_shards_partition_every_global_batch(n, batch, size):
 def test_one_rank_visits_the_order_a_single_process_uses():
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     indices, shards = ShardedSampler(50, 16, rng=rng_a).epoch()
-    order = rng_b.permutation(50)  # what gpucnn.train.train_epoch draws
+    order = rng_b.permutation(50)  # what gpucnn.training.run.train_epoch draws
     assert_array_equal(indices, order)
     assert shards == batch_slices(50, 16)
     # one permutation per epoch whatever the number of ranks: checkpoints do not depend on it

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-import gpucnn.train
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.train import TrainConfig, run
+import gpucnn.training.run
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.training.run import TrainConfig, run
 from mpirun import PROGRAMS, REPO, mpiexec, run_job, start_job, wait_job
 
 TRAIN = REPO / "scripts" / "train.py"
@@ -172,7 +172,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_saves(tmp_path):
     assert len(said) == 2 and said[0].startswith("interrupted during epoch ")
     assert said[1].startswith("resume with: mpiexec -n 2 python -m mpi4py ")
     assert "--distributed" in said[1] and "--resume gpucnn-interrupted.npz" in said[1]
-    saved = load_checkpoint(tmp_path / gpucnn.train.INTERRUPTED_CHECKPOINT)
+    saved = load_checkpoint(tmp_path / gpucnn.training.run.INTERRUPTED_CHECKPOINT)
     assert f"epoch {saved['meta']['epoch']} is saved in gpucnn-interrupted.npz" in said[0]
     assert "Traceback" not in err
 
@@ -212,7 +212,7 @@ def load_cli():
 def test_distributed_without_mpi4py_says_how_to_install(monkeypatch, capsys):
     cli = load_cli()
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if it were not installed
-    monkeypatch.setattr(gpucnn.train, "load_dataset", lambda *a: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr(gpucnn.training.run, "load_dataset", lambda *a: pytest.fail("data loaded before the check"))
     with pytest.raises(SystemExit) as info:
         cli.main(["--distributed", "--dataset", "digits"])
     assert info.value.code == 2
@@ -239,7 +239,7 @@ def test_mpiexec_without_distributed_is_pointed_out_once(monkeypatch, size, rank
 
 # -- scripts/benchmark.py --ranks ----------------------------------------------------------------
 def test_benchmark_ranks_mode_times_processes_threads_and_the_allreduce(tmp_path):
-    from gpucnn.zoo import ARCHS
+    from gpucnn.nn.zoo import ARCHS
 
     out = tmp_path / "ranks.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--ranks", "2", "--quick",

@@ -15,13 +15,13 @@ import onnx
 import onnxruntime
 import pytest
 
-import gpucnn.layers
+import gpucnn.nn.layers
 from gpucnn import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
-from gpucnn.backend import to_host
+from gpucnn.backends.backend import to_host
 from gpucnn.export import to_onnx
-from gpucnn.layers import Layer
-from gpucnn.train import TrainConfig, run
-from gpucnn.zoo import ARCHS, build_model
+from gpucnn.nn.layers import Layer
+from gpucnn.training.run import TrainConfig, run
+from gpucnn.nn.zoo import ARCHS, build_model
 from standin import StandInArray, standin_backend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,17 +101,17 @@ SINGLE_LAYER_CASES = [
     pytest.param(lambda rng: Dense(12, 5, rng=rng), (12,), id="dense"),
 ]
 # layers arriving from another branch: their cases appear once the classes exist
-if hasattr(gpucnn.layers, "BatchNorm2D"):
-    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.layers.BatchNorm2D(3), (3, 5, 4), id="batchnorm2d"))
-if hasattr(gpucnn.layers, "BatchNorm1D"):
-    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.layers.BatchNorm1D(6), (6,), id="batchnorm1d"))
-if hasattr(gpucnn.layers, "Dropout"):
-    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.layers.Dropout(0.5), (3, 4, 5), id="dropout"))
-if hasattr(gpucnn.layers, "GlobalAvgPool2D"):
-    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.layers.GlobalAvgPool2D(), (3, 5, 6), id="globalavgpool2d"))
-if hasattr(gpucnn.layers, "Normalize"):
+if hasattr(gpucnn.nn.layers, "BatchNorm2D"):
+    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.nn.layers.BatchNorm2D(3), (3, 5, 4), id="batchnorm2d"))
+if hasattr(gpucnn.nn.layers, "BatchNorm1D"):
+    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.nn.layers.BatchNorm1D(6), (6,), id="batchnorm1d"))
+if hasattr(gpucnn.nn.layers, "Dropout"):
+    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.nn.layers.Dropout(0.5), (3, 4, 5), id="dropout"))
+if hasattr(gpucnn.nn.layers, "GlobalAvgPool2D"):
+    SINGLE_LAYER_CASES.append(pytest.param(lambda rng: gpucnn.nn.layers.GlobalAvgPool2D(), (3, 5, 6), id="globalavgpool2d"))
+if hasattr(gpucnn.nn.layers, "Normalize"):
     SINGLE_LAYER_CASES.append(pytest.param(
-        lambda rng: gpucnn.layers.Normalize([0.5, -0.25, 0.1], [0.2, 1.5, 0.7]), (3, 4, 5), id="normalize"))
+        lambda rng: gpucnn.nn.layers.Normalize([0.5, -0.25, 0.1], [0.2, 1.5, 0.7]), (3, 4, 5), id="normalize"))
 
 
 @pytest.mark.parametrize("make_layer, input_shape", SINGLE_LAYER_CASES)
@@ -125,20 +125,20 @@ def test_each_layer_alone_runs_the_same_in_onnxruntime(make_layer, input_shape, 
 def test_every_layer_type_in_one_model(tmp_path, rng):
     layers = [Conv2D(3, 4, 2, padding="same", rng=rng), ReLU(), MaxPool2D(3, stride=2, padding=1),
               AvgPool2D(2, stride=1, padding=1)]
-    if hasattr(gpucnn.layers, "Normalize"):
-        layers.insert(0, gpucnn.layers.Normalize([0.1, 0.2, 0.3], [0.5, 0.25, 2.0]))
-    if hasattr(gpucnn.layers, "BatchNorm2D"):
-        layers.append(gpucnn.layers.BatchNorm2D(4))
-    if hasattr(gpucnn.layers, "GlobalAvgPool2D"):
-        layers.append(gpucnn.layers.GlobalAvgPool2D())
+    if hasattr(gpucnn.nn.layers, "Normalize"):
+        layers.insert(0, gpucnn.nn.layers.Normalize([0.1, 0.2, 0.3], [0.5, 0.25, 2.0]))
+    if hasattr(gpucnn.nn.layers, "BatchNorm2D"):
+        layers.append(gpucnn.nn.layers.BatchNorm2D(4))
+    if hasattr(gpucnn.nn.layers, "GlobalAvgPool2D"):
+        layers.append(gpucnn.nn.layers.GlobalAvgPool2D())
         features = 4
     else:
         layers.append(Flatten())
         features = 4 * 7 * 7
-    if hasattr(gpucnn.layers, "Dropout"):
-        layers.append(gpucnn.layers.Dropout(0.3))
-    if hasattr(gpucnn.layers, "BatchNorm1D"):
-        layers.append(gpucnn.layers.BatchNorm1D(features))
+    if hasattr(gpucnn.nn.layers, "Dropout"):
+        layers.append(gpucnn.nn.layers.Dropout(0.3))
+    if hasattr(gpucnn.nn.layers, "BatchNorm1D"):
+        layers.append(gpucnn.nn.layers.BatchNorm1D(features))
     layers += [Dense(features, 6, rng=rng), ReLU(), Dense(6, 3, rng=rng)]
     model = randomize(Sequential(layers), rng)
     path = tmp_path / "all.onnx"
@@ -292,8 +292,8 @@ def test_unsupported_opset_and_missing_onnx_are_clear(tmp_path, rng, monkeypatch
 
 # -- the CLI -----------------------------------------------------------------------------
 def test_trained_mnist_checkpoint_exported_by_the_script_predicts_the_same_on_all_test_images(tmp_path, capsys):
-    from gpucnn.data import load_mnist
-    from gpucnn.pixels import float_batch
+    from gpucnn.data.batches import load_mnist
+    from gpucnn.data.pixels import float_batch
 
     checkpoint = tmp_path / "simple.npz"
     result = run(TrainConfig(device="cpu", data_dir=REPO_MNIST, limit_train=2000, epochs=1, verbose=0,

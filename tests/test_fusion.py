@@ -1,4 +1,4 @@
-"""gpucnn.fusion: a Conv2D and the tiling max pool after it run as one unit, in the
+"""gpucnn.nn.execution_units: a Conv2D and the tiling max pool after it run as one unit, in the
 window-blocked layout, with the numbers of the two layers run one by one."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gpucnn import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Normalize, ReLU, Sequential
-from gpucnn.fusion import POOL_PASSES_SAVED, ConvPool, execution_units
-from gpucnn.layers.im2col import col2im, im2col, to_chwn
+from gpucnn.nn.execution_units import POOL_PASSES_SAVED, ConvPool, execution_units
+from gpucnn.nn.layers.im2col import col2im, im2col, to_chwn
 
 
 def unit_kinds(layers):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpucnn.backend import gpu_status
+from gpucnn.backends.backend import gpu_status
 from standin import standin_backend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_benchmark_networks_match_their_description_and_their_torch_twin(arch):
 def test_each_case_starts_without_an_earlier_cases_shared_scratch(monkeypatch):
     """The .ci/gpu run of 2026-12-04 counted the shared conv buffers lenet at batch 1024 left
     (about 313 MiB) in every later case's GPU memory: free_device_memory drops them."""
-    from gpucnn.layers import conv as conv_module, scratch
+    from gpucnn.nn.layers import conv as conv_module, scratch
     from gpucnn import Conv2D
     monkeypatch.setattr(conv_module, "SHARED_MIN_BYTES", 0)
     backend = standin_backend(kernels="im2col")
@@ -240,7 +240,7 @@ def test_each_case_starts_without_an_earlier_cases_shared_scratch(monkeypatch):
 def test_a_real_gpu_row_counts_the_live_bytes_within_the_pool(graphs):
     """On a GPU: the memory hook's live peak is positive and at most the pool's bytes (the pool
     also keeps freed blocks), with and without CUDA graphs."""
-    from gpucnn.backend import get_backend
+    from gpucnn.backends.backend import get_backend
     args = benchmark.parse_args(["--quick"])
     backend = get_backend("gpu", kernels="all", graphs=graphs)
     row = bench_rows.run_case("simple", 64, benchmark.INPUT_SHAPES["simple"], backend, None, args,

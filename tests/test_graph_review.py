@@ -1,4 +1,4 @@
-"""What a static review of the CUDA-graph path (gpucnn.graphs) found, each checked on the CuPy
+"""What a static review of the CUDA-graph path (gpucnn.backends.cuda_graphs) found, each checked on the CuPy
 stand-in: the graph's memory pool, Adam's bias-correction table and the recording limit, the
 steps unavailable() must refuse, a failing cuBLAS setup, the graph's key, and the arrays a
 recording leaves unset. (gemm's side: tests/test_kernels_gemm_capture.py.)
@@ -12,14 +12,14 @@ import cupy
 import numpy as np
 import pytest
 
-import gpucnn.backend
-import gpucnn.graphs
-from gpucnn.graphs import MAX_CAPTURES, GraphFallbackWarning, StepGraph, unavailable
-from gpucnn.kernels import gemm
-from gpucnn.kernels.optim import BiasCorrections
-from gpucnn.layers import Dense, Flatten
-from gpucnn.loops import evaluate, train_epoch
-from gpucnn.model import Sequential
+import gpucnn.backends.backend
+import gpucnn.backends.cuda_graphs
+from gpucnn.backends.cuda_graphs import MAX_CAPTURES, GraphFallbackWarning, StepGraph, unavailable
+from gpucnn.backends.kernels import gemm
+from gpucnn.backends.kernels.optim import BiasCorrections
+from gpucnn.nn.layers import Dense, Flatten
+from gpucnn.training.loops import evaluate, train_epoch
+from gpucnn.nn.model import Sequential
 from gpucnn.optim import SGD, Adam
 from standin import StandInDevice
 from test_graphs import BATCH, IMAGES, assert_same_training, graph_backend, make_model, train
@@ -151,7 +151,7 @@ def test_the_key_holds_its_arrays_and_compares_them_by_identity():
     memory = weakref.ref(old._a)  # the buffer under the device array
     held = [i for i, a in enumerate(key[0]) if a is old]
     assert len(held) == 1
-    same_key = gpucnn.graphs.same_key
+    same_key = gpucnn.backends.cuda_graphs.same_key
     layer.params["weight"] = old.copy()  # equal numbers, another array
     syncs = backend.xp.counts["syncs"]
     assert not same_key(key, graph.key()) and backend.xp.counts["syncs"] == syncs
@@ -197,16 +197,16 @@ def test_arrays_made_while_recording_are_not_read_before_the_first_replay():
 
 
 def test_the_graphs_default_lives_in_code_and_the_environment_overrides_it(monkeypatch):
-    """Off by default (gpucnn.backend.GRAPHS_DEFAULT) until a GPU run checks graphs; an
+    """Off by default (gpucnn.backends.backend.GRAPHS_DEFAULT) until a GPU run checks graphs; an
     explicit argument wins, then GPUCNN_CUDA_GRAPHS when set, then the default."""
     monkeypatch.delenv("GPUCNN_CUDA_GRAPHS", raising=False)
-    assert gpucnn.backend.GRAPHS_DEFAULT is False and gpucnn.backend.graphs_selected() is False
-    monkeypatch.setattr(gpucnn.backend, "GRAPHS_DEFAULT", True)
-    assert gpucnn.backend.graphs_selected() is True and gpucnn.backend.graphs_selected(False) is False
+    assert gpucnn.backends.backend.GRAPHS_DEFAULT is False and gpucnn.backends.backend.graphs_selected() is False
+    monkeypatch.setattr(gpucnn.backends.backend, "GRAPHS_DEFAULT", True)
+    assert gpucnn.backends.backend.graphs_selected() is True and gpucnn.backends.backend.graphs_selected(False) is False
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
-    assert gpucnn.backend.graphs_selected() is False and gpucnn.backend.graphs_selected(True) is True
+    assert gpucnn.backends.backend.graphs_selected() is False and gpucnn.backends.backend.graphs_selected(True) is True
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "")
-    assert gpucnn.backend.graphs_selected() is True
+    assert gpucnn.backends.backend.graphs_selected() is True
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "yes")
     with pytest.raises(ValueError, match="GPUCNN_CUDA_GRAPHS expected 1 \\(on\\) or 0 \\(off\\), got 'yes'"):
-        gpucnn.backend.graphs_selected()
+        gpucnn.backends.backend.graphs_selected()

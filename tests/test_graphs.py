@@ -1,4 +1,4 @@
-"""CUDA graphs for the training step (gpucnn.graphs): which steps are graphed, and that a
+"""CUDA graphs for the training step (gpucnn.backends.cuda_graphs): which steps are graphed, and that a
 replayed step trains exactly as the eager one does.
 
 Devices: the CuPy stand-in (its graphs record every operation during capture and replay them
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import _CUPY, _NEEDS_GPU, BACKENDS, make_backend
-from gpucnn.kernel_groups import select as select_kernels
-from gpucnn.graphs import MAX_CAPTURES, GraphFallbackWarning, unavailable
-from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
-from gpucnn.loops import train_epoch
-from gpucnn.model import Sequential
+from gpucnn.backends.kernel_groups import select as select_kernels
+from gpucnn.backends.cuda_graphs import MAX_CAPTURES, GraphFallbackWarning, unavailable
+from gpucnn.nn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from gpucnn.training.loops import train_epoch
+from gpucnn.nn.model import Sequential
 from gpucnn.optim import SGD, Adam
-from gpucnn.schedules import make_schedule
-from gpucnn.zoo import build_model
+from gpucnn.optim.schedules import make_schedule
+from gpucnn.nn.zoo import build_model
 from standin import expect_findings
 
 BATCH, IMAGES = 16, 3 * 16 + 5  # three full batches and a partial one per epoch
@@ -144,7 +144,7 @@ def test_a_recording_that_fails_warns_and_trains_eagerly(monkeypatch):
     """A step that reads the device while being recorded (CUDA forbids it) ends the recording;
     graphs turn off with a GraphFallbackWarning naming the cause, and training goes on as
     without graphs. Stand-in."""
-    import gpucnn.graphs as graphs
+    import gpucnn.backends.cuda_graphs as graphs
 
     original = graphs.TrainStepGraph._step
 
@@ -213,7 +213,7 @@ def _captured_ops(cupy):
 @pytest.mark.parametrize("name", list(_captured_ops(_CUPY)))
 def test_each_kind_of_call_a_step_makes_records_on_the_gpu(name):
     """A diagnosis for a failing recording on a GPU: each kind of CuPy call alone, recorded with
-    allocations from a private pool on a non-blocking stream, as gpucnn.graphs records."""
+    allocations from a private pool on a non-blocking stream, as gpucnn.backends.cuda_graphs records."""
     cupy = _CUPY
     operation = _captured_ops(cupy)[name]()
     cupy.cuda.Stream.null.synchronize()
@@ -267,7 +267,7 @@ def test_adam_replays_with_its_bias_corrections_read_on_the_device(kind, variant
 def test_the_correction_table_is_the_host_scalars_and_moves_on():
     """BiasCorrections holds the scalars adam_update passes, bit for bit, for ROWS steps from
     the one asked; a step outside, or another rate, uploads a new table. Stand-in."""
-    from gpucnn.kernels.optim import BiasCorrections, _bias_corrections
+    from gpucnn.backends.kernels.optim import BiasCorrections, _bias_corrections
     backend = make_backend("standin", "all")
     table = BiasCorrections()
     rows, position = table.ready(backend.xp, 1e-3, (0.9, 0.999), 5)

@@ -1,4 +1,4 @@
-"""CUDA graphs (gpucnn.graphs) in whole training runs: scripts/train.py's run with
+"""CUDA graphs (gpucnn.backends.cuda_graphs) in whole training runs: scripts/train.py's run with
 GPUCNN_CUDA_GRAPHS=1, a resumed run, Ctrl-C while recording, and the recorded step's lifetime.
 Device: the CuPy stand-in (tests/standin/graphs.py records and replays captured work), playing
 the GPU of scripts/train.py."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn.loops import train_epoch
+from gpucnn.training.loops import train_epoch
 from gpucnn.optim import SGD
 from test_graphs import BATCH, graph_backend, make_model
 
@@ -15,18 +15,18 @@ from test_graphs import BATCH, graph_backend, make_model
 def standin_gpu(monkeypatch) -> list:
     """scripts/train.py's GPU backend made by the stand-in (GPUCNN_CUDA_GRAPHS honoured); the
     list collects the backends made."""
-    import gpucnn.backend
+    import gpucnn.backends.backend
     from standin import standin_backend
     made = []
 
     def gpu_backend(cupy, kernels=None, graphs=None):
         backend = standin_backend(kernels)
-        backend.graphs = gpucnn.backend.graphs_selected(graphs)
+        backend.graphs = gpucnn.backends.backend.graphs_selected(graphs)
         made.append(backend)
         return backend
 
-    monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
-    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", gpu_backend)
+    monkeypatch.setattr(gpucnn.backends.backend, "gpu_status", lambda: (object(), None))
+    monkeypatch.setattr(gpucnn.backends.backend, "_gpu_backend", gpu_backend)
     return made
 
 
@@ -34,8 +34,8 @@ def test_a_resumed_graphed_run_equals_a_straight_one(monkeypatch, tmp_path):
     """With graphs on, two epochs straight and one epoch, a checkpoint and a resumed second
     epoch (load_state_dict replaces the arrays the graph baked in: it records again) give the
     same weights, history and test accuracy. Stand-in."""
-    from gpucnn.checkpoint import load_checkpoint
-    from gpucnn.train import TrainConfig, run
+    from gpucnn.training.checkpoint import load_checkpoint
+    from gpucnn.training.run import TrainConfig, run
     standin_gpu(monkeypatch)
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "1")
     base = dict(dataset="digits", device="gpu", verbose=0, limit_train=200, batch_size=32, seed=3)
@@ -57,7 +57,7 @@ def test_a_training_run_with_graphs_equals_one_without(monkeypatch, flags):
     """scripts/train.py's run (fit, validation and the held-out test in evaluation mode between
     the graph's replays) with GPUCNN_CUDA_GRAPHS=1 on the stand-in: it says graphs are on and
     gives the same history and test accuracy as the run without them."""
-    from gpucnn.train import TrainConfig, run
+    from gpucnn.training.run import TrainConfig, run
     made = standin_gpu(monkeypatch)
     runs = {}
     for graphs in ("0", "1"):
@@ -99,7 +99,7 @@ def test_ctrl_c_while_recording_leaves_the_warm_up_step_in_the_model(monkeypatch
     """A KeyboardInterrupt during the recording (after the warm-up ran the batch) propagates;
     the stream leaves capture mode and the model holds the warm-up's weights, the same as one
     eager step's, so a checkpoint saved then is right. Stand-in."""
-    import gpucnn.graphs as graphs
+    import gpucnn.backends.cuda_graphs as graphs
     original, calls = graphs.TrainStepGraph._step, []
 
     def interrupted_step(self):

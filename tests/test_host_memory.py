@@ -1,4 +1,4 @@
-"""gpucnn.host_memory: the CPU backend keeps a step's large buffers mapped (glibc only)."""
+"""gpucnn.backends.host_memory: the CPU backend keeps a step's large buffers mapped (glibc only)."""
 import os
 import subprocess
 import sys
@@ -9,10 +9,10 @@ import pytest
 # allocator was tuned and the minor page faults per measured step.
 PROBE = """
 import resource, numpy as np
-from gpucnn import host_memory
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.backends import host_memory
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD
-from gpucnn.zoo import build_model
+from gpucnn.nn.zoo import build_model
 model = build_model("lenet", (1, 28, 28), 10, np.random.default_rng(0))
 optimizer, loss = SGD(model, 0.01, momentum=0.9), SoftmaxCrossEntropy()
 x = np.random.default_rng(1).random((128, 1, 28, 28), dtype=np.float32)

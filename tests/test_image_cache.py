@@ -1,4 +1,4 @@
-"""The cache of decoded image folders (gpucnn.datasets.image_cache) and its command line,
+"""The cache of decoded image folders (gpucnn.data.datasets.image_cache) and its command line,
 scripts/image_cache.py: each file records the folder it was made from, a read marks its
 last use, a changed folder's stale file is pruned (same folder and settings only), and
 the cache lists and clears, all of it or one folder's files."""
@@ -15,8 +15,8 @@ pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 from scripts_in_process import load_script, main  # noqa: E402
 
-from gpucnn.datasets import default_cache_dir, load_image_folder  # noqa: E402
-from gpucnn.datasets.image_cache import clear_cache, list_cache  # noqa: E402
+from gpucnn.data.datasets import default_cache_dir, load_image_folder  # noqa: E402
+from gpucnn.data.datasets.image_cache import clear_cache, list_cache  # noqa: E402
 
 cache_cli = load_script("image_cache", "cache_cli")
 QUIET = {"log": lambda *a: None}

@@ -21,11 +21,11 @@ from scripts_in_process import load_script, main  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import gpucnn  # noqa: E402
-import gpucnn.images  # noqa: E402
+import gpucnn.data.images  # noqa: E402
 from gpucnn.classify import classify_images  # noqa: E402
-from gpucnn.datasets import DataError, load, load_image_folder  # noqa: E402
-from gpucnn.images import parse_image_size  # noqa: E402
-from gpucnn.report import format_confusion  # noqa: E402
+from gpucnn.data.datasets import DataError, load, load_image_folder  # noqa: E402
+from gpucnn.data.images import parse_image_size  # noqa: E402
+from gpucnn.training.report import format_confusion  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("circle", "square")
@@ -127,7 +127,7 @@ def test_a_second_load_decodes_nothing_and_a_changed_folder_is_decoded_again(tra
     def no_decoding(*args, **kwargs):
         raise AssertionError("a file was decoded although the cache holds it")
     with monkeypatch.context() as patch:
-        patch.setattr(gpucnn.images, "decode_image", no_decoding)
+        patch.setattr(gpucnn.data.images, "decode_image", no_decoding)
         again = load_image_folder(folder, cache_dir=tmp_path / "cache", log=lines.append)
     np.testing.assert_array_equal(first.train_x, again.train_x)
     assert first.train_x.dtype == np.uint8 and first.train_x.shape[1:] == (3, 16, 16)
@@ -147,7 +147,7 @@ def test_train_test_and_val_folders_are_used_as_given(tmp_path):
     data = load(tmp_path / "data", cache_dir=tmp_path / "cache", channels=1, log=lambda *a: None)
     assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (12, 4, 6)
     assert data.class_names == CLASSES and data.train_x.shape[1:] == (1, 16, 16)
-    from gpucnn.train import TrainConfig, run
+    from gpucnn.training.run import TrainConfig, run
     lines = []
     run(TrainConfig(dataset=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), device="cpu", epochs=1,
                     verbose=0), log=lines.append)

@@ -22,7 +22,7 @@ MAX_LINES = 400
 KNOWN_IMPORT_CYCLES: set[tuple[str, str]] = set()
 
 # Files over MAX_LINES known today: split them along their ideas, then delete them here.
-# None now (gpucnn/train.py and scripts/train.py were split: gpucnn/loops.py, scripts/train_flags.py).
+# None now (gpucnn/training/run.py and scripts/train.py were split: gpucnn/training/loops.py, scripts/train_flags.py).
 LONG_FILES_ALLOWED: set[str] = set()
 
 
@@ -121,12 +121,12 @@ def circle_through(graph, component) -> list[str]:
 
 def test_the_import_graph_sees_relative_absolute_and_function_level_imports():
     graph = import_graph()
-    assert "gpucnn.backend" in graph["gpucnn"]  # from .backend import ... (an __init__)
-    assert "gpucnn.kernel_groups" in graph["gpucnn.backend"]  # from . import kernel_groups
-    assert "gpucnn" not in graph["gpucnn.backend"]  # ... which runs no more of gpucnn/__init__
-    assert "gpucnn.tensorboard" in graph["gpucnn.train"]  # inside a function
-    assert "gpucnn.distributed" in graph["gpucnn.train"]  # from .distributed import ...
-    assert "gpucnn.backend" in graph["gpucnn.distributed.mpi"]  # from ..backend import ...
+    assert "gpucnn.backends.backend" in graph["gpucnn"]  # from .backend import ... (an __init__)
+    assert "gpucnn.backends.kernel_groups" in graph["gpucnn.backends.backend"]  # from . import kernel_groups
+    assert "gpucnn" not in graph["gpucnn.backends.backend"]  # ... which runs no more of gpucnn/__init__
+    assert "gpucnn.training.tensorboard" in graph["gpucnn.training.run"]  # inside a function
+    assert "gpucnn.distributed" in graph["gpucnn.training.run"]  # from .distributed import ...
+    assert "gpucnn.backends.backend" in graph["gpucnn.distributed.mpi"]  # from ..backend import ...
     assert "gpucnn.distributed.communicator" in graph["gpucnn.distributed.mpi"]
     assert "benchmarking.measure" in import_graph("benchmarking")["benchmarking.rows"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
@@ -172,3 +172,14 @@ def test_the_long_files_allowed_still_exist_and_are_long():
         assert path.exists(), f"{name} is gone: delete it from LONG_FILES_ALLOWED"
         lines = len(path.read_text(encoding="utf-8").splitlines())
         assert lines > MAX_LINES, f"{name} has {lines} lines now: delete it from LONG_FILES_ALLOWED"
+
+
+def test_the_top_level_holds_few_modules_and_the_folders_name_the_parts():
+    """Folders name the parts (docs/design.md, "Where things are"); at most 12 modules sit
+    directly in gpucnn/, so a newcomer finds a thing by its folder's name."""
+    top = sorted(p.name for p in (REPO / "gpucnn").glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= 12, f"gpucnn/ holds {len(top)} modules at its top level: {top}; move them into a folder"
+    folders = {p.name for p in (REPO / "gpucnn").iterdir() if (p / "__init__.py").exists()}
+    assert {"nn", "optim", "data", "training", "backends", "distributed"} <= folders
+    design = (REPO / "docs" / "design.md").read_text(encoding="utf-8")
+    assert all(f"`{name}/`" in design for name in folders), "docs/design.md names every folder"

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from gpucnn import BatchNorm1D, BatchNorm2D
-from gpucnn.kernels import launch
-from gpucnn.kernels.batchnorm import backward, channel_layout, normalized, train_forward
+from gpucnn.backends.kernels import launch
+from gpucnn.backends.kernels.batchnorm import backward, channel_layout, normalized, train_forward
 from standin import standin_backend
 from tolerance import U32, assert_within, batchnorm_bounds
 

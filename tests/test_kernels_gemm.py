@@ -1,4 +1,4 @@
-"""Fused-kernel group "gemm" (gpucnn/kernels/gemm.py): matrix multiplies through cuBLAS's
+"""Fused-kernel group "gemm" (gpucnn/backends/kernels/gemm.py): matrix multiplies through cuBLAS's
 sgemm directly. On NumPy and the stand-in ``gemm.matmul`` is ``xp.matmul``; its cuBLAS branch
 (the row-major -> column-major swap, op N/T and leading dimensions per operand layout) runs
 here against a fake cuBLAS that performs sgemm's column-major definition on the stand-in's
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from gpucnn import Dense
-from gpucnn.backend import get_backend
-from gpucnn.kernels import gemm
+from gpucnn.backends.backend import get_backend
+from gpucnn.backends.kernels import gemm
 from standin import standin_backend
 from tolerance import assert_within, sum_bound
 

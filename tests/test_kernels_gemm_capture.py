@@ -1,4 +1,4 @@
-"""gpucnn.kernels.gemm inside a CUDA-graph capture (gpucnn.graphs): CuPy's cuBLAS binding
+"""gpucnn.backends.kernels.gemm inside a CUDA-graph capture (gpucnn.backends.cuda_graphs): CuPy's cuBLAS binding
 refuses every call while a stream captures, so :func:`gemm.capture_safe` routes matmul's
 sgemm through ctypes (:class:`gemm.CapturableCublas`) on the libcublas CuPy loaded, and never
 reaches ``xp.matmul`` during a capture.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import _CUPY, _NEEDS_GPU
-from gpucnn.backend import cublas_capture_binding, mapped_cublas_path
-from gpucnn.kernels import gemm
+from gpucnn.backends.backend import cublas_capture_binding, mapped_cublas_path
+from gpucnn.backends.kernels import gemm
 from standin import CupyConformanceError, expect_findings, standin_backend
 
 
@@ -134,7 +134,7 @@ def test_the_standin_refuses_cupys_matmul_during_a_capture_even_from_gemm(monkey
     monkeypatch.setattr(gemm, "_blas", lambda xp: None)  # as if gemm had no cuBLAS of its own
     with expect_findings() as found, pytest.raises(CupyConformanceError, match="cuBLAS API during stream capture"):
         captured(backend.xp, lambda: gemm.matmul(a, b))
-    assert len(found) == 1 and found[0].location.startswith("gpucnn/kernels/gemm.py:")
+    assert len(found) == 1 and found[0].location.startswith("gpucnn/backends/kernels/gemm.py:")
 
 
 @pytest.mark.parametrize("case", ["strided a", "strided b", "strided out", "strided out, accumulate"])
@@ -162,9 +162,9 @@ def test_strided_float32_operands_are_copied_for_a_recorded_product(case):
 
 def test_a_float64_product_cannot_be_recorded_and_says_so():
     """Item 3. cuBLAS through ctypes multiplies float32 only, and CuPy's matmul refuses a
-    capture: gemm.matmul raises a clear error there (gpucnn.graphs then trains eagerly with a
+    capture: gemm.matmul raises a clear error there (gpucnn.backends.cuda_graphs then trains eagerly with a
     GraphFallbackWarning), before any CuPy call."""
-    from gpucnn.graphs import GraphFallbackWarning, StepGraph
+    from gpucnn.backends.cuda_graphs import GraphFallbackWarning, StepGraph
     from test_graphs import graph_backend, make_model
     backend = graph_backend("standin")
     xp = backend.xp

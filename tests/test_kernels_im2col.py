@@ -1,11 +1,11 @@
-"""Fused-kernel group "im2col" (gpucnn/kernels/im2col.py, cuda/im2col.cu): Conv2D's im2col
+"""Fused-kernel group "im2col" (gpucnn/backends/kernels/im2col.py, cuda/im2col.cu): Conv2D's im2col
 and col2im as one launch each. Kernel vs NumPy twin on the `kernel_backend` fixture (the
-stand-in here; a real GPU under .ci/gpu), the twins vs gpucnn.layers.im2col on NumPy,
+stand-in here; a real GPU under .ci/gpu), the twins vs gpucnn.nn.layers.im2col on NumPy,
 Conv2D (and ConvPool) with the group on vs the NumPy layer, and launch counts.
 
 Exactness: im2col is a copy (exact everywhere). col2im adds, per dx element, the same
 float32 terms in the same order ((i, j) row-major, from 0.0f) in the kernel, the twin and
-gpucnn.layers.im2col.col2im, and a float32 add is correctly rounded on the GPU (no FMA can
+gpucnn.nn.layers.im2col.col2im, and a float32 add is correctly rounded on the GPU (no FMA can
 form from additions alone): all three agree bit for bit, asserted exactly. Only the GEMMs
 (cuBLAS vs BLAS) sum in other orders: the layer tests on a GPU allow the float32 bound.
 """
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from gpucnn import Conv2D, MaxPool2D
-from gpucnn.backend import get_backend
-from gpucnn.fusion import ConvPool
-from gpucnn.kernels.im2col import col2im_nchw, dense_buffer, im2col_into
-from gpucnn.layers import conv as conv_module
-from gpucnn.layers.im2col import col2im, im2col, output_size, to_chwn
+from gpucnn.backends.backend import get_backend
+from gpucnn.nn.execution_units import ConvPool
+from gpucnn.backends.kernels.im2col import col2im_nchw, dense_buffer, im2col_into
+from gpucnn.nn.layers import conv as conv_module
+from gpucnn.nn.layers.im2col import col2im, im2col, output_size, to_chwn
 from standin import StandInDevice, standin_backend
 
 KERNELS = [(1, 1), (3, 3), (5, 5), (3, 2)]

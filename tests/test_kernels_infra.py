@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn import kernels
-from gpucnn.backend import get_backend
-from gpucnn.kernels import runtime as launching
-from gpucnn.kernels.relu import relu_grad
+from gpucnn.backends import kernels
+from gpucnn.backends.backend import get_backend
+from gpucnn.backends.kernels import runtime as launching
+from gpucnn.backends.kernels.relu import relu_grad
 from standin import CupyConformanceError, expect_findings, standin_backend
 
 

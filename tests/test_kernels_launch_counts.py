@@ -1,5 +1,5 @@
 """Kernel launches per training step on the GPU path, counted by the CuPy stand-in: what one
-batch of gpucnn.train.train_epoch queues (the gather, forward, loss, backward, optimizer),
+batch of gpucnn.training.run.train_epoch queues (the gather, forward, loss, backward, optimizer),
 with the default fused kernels and with none (issue 21's targets: simple <= 25, lenet <= 40).
 On an H200 each launch costs 10-30 us of host time, which bounds small-batch speed.
 Device: the CuPy stand-in."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gpucnn.optim import SGD
-from gpucnn.train import train_epoch
-from gpucnn.zoo import build_model
+from gpucnn.training.run import train_epoch
+from gpucnn.nn.zoo import build_model
 from standin import standin_backend
 
 TARGETS = {"simple": 25, "lenet": 40}

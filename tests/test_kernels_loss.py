@@ -1,4 +1,4 @@
-"""Softmax cross-entropy as one fused kernel (group "softmax_ce", gpucnn/kernels/loss.py):
+"""Softmax cross-entropy as one fused kernel (group "softmax_ce", gpucnn/backends/kernels/loss.py):
 the kernel against its NumPy twin, SoftmaxCrossEntropy with the group on against NumPy's,
 the training loop's bookkeeping in one launch, and fit() with the loss and batch gather
 fused. Device: the CuPy stand-in, and a real GPU when present (kernel_backend)."""
@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn.backend import get_backend
-from gpucnn.data import load_digits
-from gpucnn.kernels.loss import softmax_ce_fused
-from gpucnn.losses import SoftmaxCrossEntropy
-from gpucnn.pixels import gather_batch
-from gpucnn.train import fit
-from gpucnn.zoo import build_model
+from gpucnn.backends.backend import get_backend
+from gpucnn.data.batches import load_digits
+from gpucnn.backends.kernels.loss import softmax_ce_fused
+from gpucnn.nn.losses import SoftmaxCrossEntropy
+from gpucnn.data.pixels import gather_batch
+from gpucnn.training.run import fit
+from gpucnn.nn.zoo import build_model
 from standin import standin_backend
 from test_backends import OPTIMIZERS
 from tolerance import assert_within, softmax_ce_bounds

@@ -1,4 +1,4 @@
-"""Fused-kernel group "optimizer" (gpucnn/kernels/optim.py, cuda/optim.cu): SGD and Adam/AdamW
+"""Fused-kernel group "optimizer" (gpucnn/backends/kernels/optim.py, cuda/optim.cu): SGD and Adam/AdamW
 over every parameter in one launch (multi-tensor, through a device table of addresses).
 Kernel vs NumPy twin vs the per-tensor array code of gpucnn.optim on the `kernel_backend`
 fixture (the stand-in here; a real GPU under .ci/gpu), a model trained on the stand-in with the
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from gpucnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, SoftmaxCrossEntropy
-from gpucnn.backend import get_backend
-from gpucnn.kernels.optim import CHUNK, BiasCorrections, TensorTable, adam_update, grad_layout, sgd_update
+from gpucnn.backends.backend import get_backend
+from gpucnn.backends.kernels.optim import CHUNK, BiasCorrections, TensorTable, adam_update, grad_layout, sgd_update
 from gpucnn.optim import SGD, Adam, AdamW
 from standin import standin_backend
 

@@ -1,4 +1,4 @@
-"""A training batch gathered in one launch (group "pixels", gpucnn/kernels/pixels.py): the
+"""A training batch gathered in one launch (group "pixels", gpucnn/backends/kernels/pixels.py): the
 kernels against their NumPy twins and against float_batch(x[indices]), bit for bit, and
 gather_batch with the group on against NumPy's. Device: the CuPy stand-in, and a real GPU
 when present (kernel_backend)."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn.kernels.pixels import gather_batch_fused
-from gpucnn.pixels import float_batch, gather_batch
+from gpucnn.backends.kernels.pixels import gather_batch_fused
+from gpucnn.data.pixels import float_batch, gather_batch
 from standin import standin_backend
 
 IMAGE_SHAPES = [(1, 1, 1), (3, 5, 7), (1, 28, 28), (3, 32, 32)]

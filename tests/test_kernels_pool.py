@@ -13,7 +13,7 @@ import pytest
 
 from conftest import _NEEDS_GPU, backend_of
 from gpucnn import Conv2D, Flatten, MaxPool2D, ReLU, Sequential
-from gpucnn.kernels.pool import NO_OFFSET, TIE_SCALE, max_pool, max_pool_grad
+from gpucnn.backends.kernels.pool import NO_OFFSET, TIE_SCALE, max_pool, max_pool_grad
 from standin import standin_backend
 
 # (input shape (N, C, H, W), kernel_size, stride, padding)

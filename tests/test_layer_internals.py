@@ -52,7 +52,7 @@ def test_batchnorm_one_pass_variance_in_float32(offset, tolerance, rng):
 def test_tiled_max_pool_backward_equals_the_offset_by_offset_path(kernel, monkeypatch):
     """Windows that tile a batch-innermost input take the all-offsets-at-once path; with ties
     (equal and within 16 eps) it must route dy exactly as the general path does."""
-    from gpucnn.layers import MaxPool2D, pooling
+    from gpucnn.nn.layers import MaxPool2D, pooling
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 2 * kernel * 3, kernel * 4)).astype(np.float32)
     x[:, :, ::kernel, 1::kernel] = x[:, :, ::kernel, ::kernel]  # exact ties in the first row

@@ -49,7 +49,7 @@ def test_save_from_device_leaves_model_on_device(tmp_path):
     b = standin_backend()
     model = lenet_like(seed=3).to(b)
     model.save(tmp_path / "m.npz")
-    assert all(b.xp is gpucnn.backend.array_module(layer.params[k])
+    assert all(b.xp is gpucnn.backends.backend.array_module(layer.params[k])
                for layer in model.layers for k in layer.params)
     loaded = gpucnn.load(tmp_path / "m.npz")  # loads on a CPU-only machine
     assert loaded.backend.name == "cpu"
@@ -103,7 +103,7 @@ def test_relu_maxpool_reordering_changes_no_number():
     """Sequential runs ReLU after a following MaxPool2D; values and gradients equal
     running the layers one by one in the declared order, ties and negatives included
     (the Conv2D's weight gradient to rounding: it runs with the pool as one unit)."""
-    from gpucnn.model import execution_order
+    from gpucnn.nn.model import execution_order
     r = np.random.default_rng(11)
     layers = [Conv2D(2, 3, 3, padding=1, dtype=np.float64, rng=r), ReLU(), MaxPool2D(2),
               ReLU(), MaxPool2D(3, stride=2, padding=1), Flatten(), Dense(3 * 2 * 2, 4, dtype=np.float64, rng=r)]
@@ -124,7 +124,7 @@ def test_relu_maxpool_reordering_changes_no_number():
         d = layer.backward(d)
     np.testing.assert_array_equal(dx, d)
     for k, layer, name in model.named_parameters():
-        if isinstance(layer, Conv2D):  # run with the pool as one unit (gpucnn.fusion): its weight
+        if isinstance(layer, Conv2D):  # run with the pool as one unit (gpucnn.nn.execution_units): its weight
             # gradient adds the same products in another order
             np.testing.assert_allclose(grads[k], layer.grads[name], rtol=1e-12, atol=1e-12)
         else:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpucnn import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, SoftmaxCrossEntropy
-from gpucnn.backend import get_backend
+from gpucnn.backends.backend import get_backend
 from gpucnn.optim import SGD, Adam, AdamW
 from standin import optimizer_table_uploads
 

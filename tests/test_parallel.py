@@ -1,4 +1,4 @@
-"""gpucnn.parallel: layer work in cache-sized groups of channels, on a few CPU threads.
+"""gpucnn.backends.cpu_threads: layer work in cache-sized groups of channels, on a few CPU threads.
 
 The chunking changes which values NumPy adds up together and nothing else, so BatchNorm
 in chunks on several threads must equal the naive float64 reference exactly as the
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from gpucnn import BatchNorm1D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential, parallel
+from gpucnn import BatchNorm1D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
+from gpucnn.backends import cpu_threads as parallel
 from standin import standin_backend
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -197,7 +198,7 @@ def _blas_threads(threadpoolctl):
 def test_ranks_on_one_machine_share_blas_threads_unless_the_user_chose(monkeypatch, chosen):
     """Each rank's BLAS gets the rank's share of the CPUs, as gpucnn's own threads do; a
     thread count the user set through the environment stands."""
-    import threadpoolctl  # scikit-learn requires it, as gpucnn.parallel does
+    import threadpoolctl  # scikit-learn requires it, as gpucnn.backends.cpu_threads does
     for variable in parallel.BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     if chosen:

@@ -1,4 +1,4 @@
-"""The one rule for images (gpucnn.pixels): uint8 pixels 0..255 stay uint8 until a batch is
+"""The one rule for images (gpucnn.data.pixels): uint8 pixels 0..255 stay uint8 until a batch is
 formed, then become float32 in [0, 1] by astype(float32) / float32(255), on the batch's
 device. Training on uint8 images is bit for bit training on their float32 / 255 copy."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpucnn.augment import parse_augment
-from gpucnn.backend import array_module, get_backend
-from gpucnn.data import MNIST_FILES, load_mnist, read_idx
-from gpucnn.datasets import to_float_images
-from gpucnn.pixels import check_image_dtype, float_batch
-from gpucnn.train import evaluate, fit, make_optimizer
-from gpucnn.zoo import build_model
+from gpucnn.data.augment import parse_augment
+from gpucnn.backends.backend import array_module, get_backend
+from gpucnn.data.batches import MNIST_FILES, load_mnist, read_idx
+from gpucnn.data.datasets import to_float_images
+from gpucnn.data.pixels import check_image_dtype, float_batch
+from gpucnn.training.run import evaluate, fit, make_optimizer
+from gpucnn.nn.zoo import build_model
 from standin import standin_backend
 
 REPO_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
@@ -120,7 +120,7 @@ def test_validation_runs_in_batches_of_the_training_batch_size(mnist, monkeypatc
     """An evaluation batch holds no more memory than a training step: fit validates in
     batches of its batch_size (as Keras' validation_batch_size defaults to batch_size);
     evaluate() alone uses EVAL_BATCH_SIZE, Sequential.predict's 256."""
-    import gpucnn.train as train
+    import gpucnn.training.run as train
 
     train_x, train_y, val_x, val_y = _small_mnist(mnist, 96)
     model = build_model("simple", (1, 28, 28), 10, np.random.default_rng(0))
@@ -143,9 +143,9 @@ def test_run_trains_on_uint8_without_the_full_training_images(tmp_path, monkeypa
     import gc
     import weakref
 
-    import gpucnn.train as train
-    from gpucnn.datasets import load
-    from gpucnn.train import TrainConfig, run
+    import gpucnn.training.run as train
+    from gpucnn.data.datasets import load
+    from gpucnn.training.run import TrainConfig, run
 
     rng = np.random.default_rng(0)
     path = tmp_path / "pixels.npz"

@@ -13,15 +13,15 @@ pytest.importorskip("matplotlib")
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from scripts_in_process import load_script, main  # noqa: E402
 
-from gpucnn.plot import run_figure  # noqa: E402
-from gpucnn.report import format_epoch, format_seconds, run_class_names, write_metrics_json  # noqa: E402
-from gpucnn.zoo import build_model  # noqa: E402
+from gpucnn.training.plot import run_figure  # noqa: E402
+from gpucnn.training.report import format_epoch, format_seconds, run_class_names, write_metrics_json  # noqa: E402
+from gpucnn.nn.zoo import build_model  # noqa: E402
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def run_result(names=NAMES, classes=10, accuracies=None, epochs=6):
-    """A :func:`gpucnn.train.run` result built by hand: a simple model (its data_info holding
+    """A :func:`gpucnn.training.run.run` result built by hand: a simple model (its data_info holding
     ``names``), a falling loss, rising accuracies and a confusion matrix whose per-class
     accuracies are ``accuracies`` (default: 90-100%, where an autoscaled axis would not start at 0)."""
     accuracies = np.linspace(0.9, 1.0, classes) if accuracies is None else np.asarray(accuracies)

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-import gpucnn.loops
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.config import FlagError, TrainConfig
-from gpucnn.resume import flag_words, resume_config
+import gpucnn.training.loops
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.training.config import FlagError, TrainConfig
+from gpucnn.training.resume import flag_words, resume_config
 from scripts_in_process import load_script, main as run_script
 
 train_cli = load_script("train", "resume_cli")
@@ -34,7 +34,7 @@ def test_resume_with_only_the_checkpoint_and_epochs_ends_where_the_uninterrupted
     status, out, _ = main(RUN + ["--epochs", "3", "--checkpoint", straight], capsys)
     assert status == 0
 
-    real, calls = gpucnn.loops.train_epoch, []
+    real, calls = gpucnn.training.loops.train_epoch, []
 
     def interrupted_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -42,7 +42,7 @@ def test_resume_with_only_the_checkpoint_and_epochs_ends_where_the_uninterrupted
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(gpucnn.loops, "train_epoch", interrupted_in_epoch_2)
+        patch.setattr(gpucnn.training.loops, "train_epoch", interrupted_in_epoch_2)
         status, _, _ = main(RUN + ["--epochs", "3", "--checkpoint", stopped], capsys)
     assert status == 130 and load_checkpoint(stopped)["meta"]["epoch"] == 1
 

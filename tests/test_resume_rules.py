@@ -13,11 +13,11 @@ import warnings
 import numpy as np
 import pytest
 
-import gpucnn.loops
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.config import FlagError, TrainConfig
-from gpucnn.resume import RESUME_MAY_CHANGE, check_recorded_dataset, check_resume, resume_changes
-from gpucnn.train import run
+import gpucnn.training.loops
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.training.config import FlagError, TrainConfig
+from gpucnn.training.resume import RESUME_MAY_CHANGE, check_recorded_dataset, check_resume, resume_changes
+from gpucnn.training.run import run
 from scripts_in_process import load_script, main as run_script
 
 train_cli, evaluate_cli = (load_script(name, "resume_rules") for name in ("train", "evaluate"))
@@ -39,14 +39,14 @@ def write_npz_dataset(path):
 
 def interrupt_at_epoch(monkeypatch, epoch):
     """train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts."""
-    real, calls = gpucnn.loops.train_epoch, []
+    real, calls = gpucnn.training.loops.train_epoch, []
 
     def train_epoch(*args, **kwargs):
         calls.append(1)
         if len(calls) == epoch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(gpucnn.loops, "train_epoch", train_epoch)
+    monkeypatch.setattr(gpucnn.training.loops, "train_epoch", train_epoch)
 
 
 # -- paths: a checkpoint works from any folder ----------------------------------------------

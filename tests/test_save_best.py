@@ -1,7 +1,7 @@
 """scripts/train.py --save-best and --patience: the best validation epoch kept beside the
 last one (and never replaced by a worse resume), early stopping that goes on to the test,
 a patience count that survives a resume, and the flags' refusals. fit's validation numbers
-are scripted (gpucnn.loops.evaluate, called from fit) so that which epoch is best is known."""
+are scripted (gpucnn.training.loops.evaluate, called from fit) so that which epoch is best is known."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-import gpucnn.loops
-import gpucnn.train
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.config import FlagError, TrainConfig
-from gpucnn.train import best_checkpoint_path, early_stopping
+import gpucnn.training.loops
+import gpucnn.training.run
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.training.config import FlagError, TrainConfig
+from gpucnn.training.run import best_checkpoint_path, early_stopping
 from scripts_in_process import load_script, main as run_script
 
 train_cli = load_script("train", "save_best")
@@ -37,22 +37,22 @@ def error_lines(err):
 def no_data(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded before the flags were checked")
-    monkeypatch.setattr(gpucnn.train, "load_dataset", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "load_dataset", forbidden)
 
 
 @pytest.fixture
 def validation(monkeypatch):
     """validation(*(val_loss, val_acc)): the next epochs' validation numbers, in turn; the
     held-out test (and an epoch past the script) is evaluated for real."""
-    real, queue = gpucnn.loops.evaluate, []
+    real, queue = gpucnn.training.loops.evaluate, []
 
-    def evaluate(model, x, y, batch_size=gpucnn.loops.EVAL_BATCH_SIZE, comm=None):
+    def evaluate(model, x, y, batch_size=gpucnn.training.loops.EVAL_BATCH_SIZE, comm=None):
         loss, accuracy, predictions = real(model, x, y, batch_size, comm)
         if queue and sys._getframe(1).f_code.co_name == "fit":
             loss, accuracy = queue.pop(0)
         return loss, accuracy, predictions
 
-    monkeypatch.setattr(gpucnn.loops, "evaluate", evaluate)
+    monkeypatch.setattr(gpucnn.training.loops, "evaluate", evaluate)
     return lambda *pairs: queue.extend(pairs)
 
 
@@ -97,7 +97,7 @@ def test_save_best_keeps_the_best_validation_epoch_beside_the_last(tmp_path, cap
     status, out, err = main(evaluate_cli, [best_file, "--device", "cpu"], capsys)
     assert status == 0 and "accuracy" in out, err
     from PIL import Image
-    from gpucnn.data import load_digits
+    from gpucnn.data.batches import load_digits
     image = tmp_path / "digit.png"
     Image.fromarray((load_digits().test_x[0, 0] * 255).astype(np.uint8)).save(image)  # (8, 8) floats in [0, 1]
     status, out, err = main(predict_cli, [best_file, image, "--device", "cpu"], capsys)

@@ -12,7 +12,7 @@ import torch
 
 from gpucnn import Dense, Sequential, SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
-from gpucnn.schedules import Cosine, OneCycle, make_schedule
+from gpucnn.optim.schedules import Cosine, OneCycle, make_schedule
 
 L = torch.optim.lr_scheduler
 T, W, LR = 50, 7, 0.1

@@ -196,7 +196,7 @@ def test_strided_convolution_as_a_sum(dtype):
 
 def test_strided_convolution_as_a_matrix_multiplication():
     """im2col: each 3x3 window becomes a column; O = k^T @ columns."""
-    from gpucnn.layers.im2col import im2col, to_chwn
+    from gpucnn.nn.layers.im2col import im2col, to_chwn
     image = np.array(STRIDED_I, dtype=np.float64)[None, None]
     cols = im2col(to_chwn(image), 3, 3, 2, 2, 2)  # (C*kh*kw, OH*OW*N) = (9, 4)
     np.testing.assert_array_equal(cols[:, 0], np.array(STRIDED_I)[0:3, 0:3].ravel())
@@ -207,7 +207,7 @@ def test_strided_convolution_as_a_matrix_multiplication():
 
 def test_strided_convolution_kernel_gradient():
     """dL/dK with L = sum(O): as a layer backward, and as columns @ dL/dO with im2col."""
-    from gpucnn.layers.im2col import im2col, to_chwn
+    from gpucnn.nn.layers.im2col import im2col, to_chwn
     conv = strided_conv()
     image = np.array(STRIDED_I, dtype=np.float64)[None, None]
     conv.forward(image)
@@ -221,7 +221,7 @@ def test_strided_convolution_input_gradient():
     """dL/dI with L = sum(O): as a layer backward, as col2im of k^T @ dL/dO (the kernel in
     every column, added back onto its window), and from the naive loops."""
     import reference
-    from gpucnn.layers.im2col import col2im
+    from gpucnn.nn.layers.im2col import col2im
     conv = strided_conv()
     image = np.array(STRIDED_I, dtype=np.float64)[None, None]
     conv.forward(image)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpucnn import SoftmaxCrossEntropy
-from gpucnn.layers import activations
+from gpucnn.nn.layers import activations
 from gpucnn.random import device_generator
 from standin import (CupyAttributeError, CupyConformanceError, DeviceDisciplineError, FINDINGS,
                      expect_findings, standin_backend)
@@ -215,7 +215,7 @@ def test_out_of_range_integer_indices_wrap_around_silently(sb):
 
 
 def test_out_of_range_device_labels_give_a_wrong_loss_silently():
-    """Why labels are validated on the host before upload (gpucnn.data.check_labels):
+    """Why labels are validated on the host before upload (gpucnn.data.batches.check_labels):
     on a GPU CuPy's generic gather scores a label 10 for 10 classes as class 0, silently;
     the fused loss kernel ("softmax_ce" group) makes that row's loss NaN instead."""
     logits = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
@@ -309,7 +309,7 @@ def test_planted_call_that_cupy_lacks_fails_the_layer_test(monkeypatch):
     with expect_findings() as found, pytest.raises(CupyAttributeError) as raised:
         run_relu_parity()
     assert f"{line}: cupy.block does not exist in CuPy" in str(raised.value)
-    assert found == [(f"cupy.block", line, found[0].message)] and line.startswith("gpucnn/layers/activations.py:")
+    assert found == [(f"cupy.block", line, found[0].message)] and line.startswith("gpucnn/nn/layers/activations.py:")
 
 
 def test_planted_keyword_cupy_rejects_fails_the_layer_test(monkeypatch):

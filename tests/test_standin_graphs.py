@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn import kernels
-from gpucnn.kernels import gemm
-from gpucnn.data import load_digits
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.backends import kernels
+from gpucnn.backends.kernels import gemm
+from gpucnn.data.batches import load_digits
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD
-from gpucnn.train import build_model
+from gpucnn.training.run import build_model
 from standin import (CupyAttributeError, CupyConformanceError, NotModeledError, expect_findings,
                      standin_backend)
 
@@ -95,7 +95,7 @@ def test_python_scalars_are_baked_in_at_capture_and_views_see_the_replayed_numbe
 def test_a_captured_sgd_step_replays_exactly_as_eager_steps():
     """gpucnn's own forward, loss, backward and optimizer update (the fused kernels and the
     multi-tensor update through its address table), its products through gemm.matmul inside
-    gemm.capture_safe, as gpucnn.graphs records them."""
+    gemm.capture_safe, as gpucnn.backends.cuda_graphs records them."""
     eager, graphed = (_sgd_setup("all") for _ in range(2))
     for setup in (eager, graphed):
         _sgd_step(*setup)  # the first step uploads the optimizer's table: never in a capture

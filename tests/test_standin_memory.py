@@ -1,5 +1,5 @@
 """The stand-in's count of device memory (tests/standin/memory.py), and what it shows of
-Conv2D's scratch: a layer's columns in channel groups (gpucnn/layers/conv_chunks.py) lower a
+Conv2D's scratch: a layer's columns in channel groups (gpucnn/nn/layers/conv_chunks.py) lower a
 step's high-water mark by about the columns it no longer holds at once. Device: the stand-in."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import gc
 import numpy as np
 
 from gpucnn import Conv2D
-from gpucnn.layers import conv as conv_module
-from gpucnn.layers import conv_chunks, scratch
+from gpucnn.nn.layers import conv as conv_module
+from gpucnn.nn.layers import conv_chunks, scratch
 from standin import standin_backend
 
 

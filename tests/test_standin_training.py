@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
-import gpucnn.loops as loops
-import gpucnn.train as train
-from gpucnn.data import DataError, Dataset, load_digits
-from gpucnn.train import TrainConfig, build_model, fit, held_out_report, run
-from gpucnn.layers import Dropout
-from gpucnn.zoo import ARCHS
+import gpucnn.training.loops as loops
+import gpucnn.training.run as train
+from gpucnn.data.batches import DataError, Dataset, load_digits
+from gpucnn.training.run import TrainConfig, build_model, fit, held_out_report, run
+from gpucnn.nn.layers import Dropout
+from gpucnn.nn.zoo import ARCHS
 from standin import expect_findings, optimizer_table_uploads, standin_backend
 from standin.plant import plant
 from test_backends import OPTIMIZERS

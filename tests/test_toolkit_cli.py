@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 import gpucnn
-import gpucnn.loops
-import gpucnn.train
-from gpucnn.checkpoint import load_checkpoint
-from gpucnn.datasets import channel_stats, load_digits
-from gpucnn.layers import BatchNorm2D, Dropout, Normalize
-from gpucnn.splits import data_generator, plan_splits
-from gpucnn.train import TrainConfig, evaluate, run
-from gpucnn.zoo import build_model
+import gpucnn.training.loops
+import gpucnn.training.run
+from gpucnn.training.checkpoint import load_checkpoint
+from gpucnn.data.datasets import channel_stats, load_digits
+from gpucnn.nn.layers import BatchNorm2D, Dropout, Normalize
+from gpucnn.data.splits import data_generator, plan_splits
+from gpucnn.training.run import TrainConfig, evaluate, run
+from gpucnn.nn.zoo import build_model
 from test_cli import error_lines, load_script, main
 
 train_cli = load_script("train")
@@ -39,8 +39,8 @@ def quiet(*args, **kwargs):
 def no_data(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded (or a model built) before the flags were checked")
-    monkeypatch.setattr(gpucnn.train, "load_dataset", forbidden)
-    monkeypatch.setattr(gpucnn.train, "build_model", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "load_dataset", forbidden)
+    monkeypatch.setattr(gpucnn.training.run, "build_model", forbidden)
 
 
 def write_npz(path, channels=1, size=12, classes=3, n_train=150, n_test=45, test_offset=0, seed=0):
@@ -197,7 +197,7 @@ def test_normalisation_statistics_come_from_the_training_split_only(tmp_path):
         configs.append(normalize_layer(tmp_path / f"c{offset}.npz"))
     assert configs[0] == configs[1]
 
-    dataset = gpucnn.datasets.load(str(tmp_path / "d0.npz"))
+    dataset = gpucnn.data.datasets.load(str(tmp_path / "d0.npz"))
     splits = plan_splits(dataset.train_y, dataset.test_y, None, 0.1, None, data_generator(0))
     mean, std = channel_stats(dataset.train_x[splits.train])
     assert configs[0]["mean"] == mean  # exactly: computed once, kept through the JSON round trip
@@ -339,7 +339,7 @@ def test_fit_trains_in_training_mode_after_an_eval_mode_model():
     model = build_model("lenet-bn", (1, 8, 8), 10, rng, dropout_rng=np.random.default_rng(1)).eval()
     bn = next(layer for layer in model.layers if isinstance(layer, BatchNorm2D))
     x, y = rng.random((64, 1, 8, 8), dtype=np.float32), np.arange(64) % 10
-    gpucnn.train.fit(model, gpucnn.Adam(model, 1e-3), (x, y), (x, y), epochs=1, batch_size=32, rng=rng, verbose=0)
+    gpucnn.training.run.fit(model, gpucnn.Adam(model, 1e-3), (x, y), (x, y), epochs=1, batch_size=32, rng=rng, verbose=0)
     assert not np.array_equal(bn.state["running_mean"], np.zeros_like(bn.state["running_mean"]))
     assert model.training and all(layer.training for layer in model.layers if isinstance(layer, Dropout))
 
@@ -357,7 +357,7 @@ def test_two_epochs_equal_one_epoch_plus_resume_with_the_whole_toolkit(tmp_path,
     status, out, err = main(train_cli, [*flags, "--checkpoint", straight], capsys)
     assert status == 0, err
 
-    real, calls = gpucnn.loops.train_epoch, []
+    real, calls = gpucnn.training.loops.train_epoch, []
 
     def interrupt_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -365,7 +365,7 @@ def test_two_epochs_equal_one_epoch_plus_resume_with_the_whole_toolkit(tmp_path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(gpucnn.loops, "train_epoch", interrupt_second_epoch)
+        patch.setattr(gpucnn.training.loops, "train_epoch", interrupt_second_epoch)
         status, _, err = main(train_cli, [*flags, "--checkpoint", resumed], capsys)
     assert status == 130 and f"epoch 1 is saved in {resumed}" in err
     half = load_checkpoint(resumed)["meta"]
@@ -398,7 +398,7 @@ def test_training_backward_stops_at_the_first_layer_with_parameters(monkeypatch)
     model = gpucnn.Sequential([Normalize([0.5], [0.25]), *inner.layers])
     x, y = rng.random((4, 1, 8, 8), dtype=np.float32), np.arange(4)
     calls = []
-    # the Conv2D runs with the pool after it as one unit (gpucnn.fusion): backward_blocks
+    # the Conv2D runs with the pool after it as one unit (gpucnn.nn.execution_units): backward_blocks
     real_conv_backward = type(model[1]).backward_blocks
 
     def conv_backward(layer, dy, need_input_grad=True):

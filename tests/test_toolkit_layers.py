@@ -11,9 +11,9 @@ import gpucnn
 import reference as ref
 from gpucnn import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
                     MaxPool2D, Normalize, ReLU, Sequential, SoftmaxCrossEntropy)
-from gpucnn.backend import array_module
-from gpucnn.layers import LAYER_TYPES, dropout as dropout_module
-from gpucnn.model import build, execution_order
+from gpucnn.backends.backend import array_module
+from gpucnn.nn.layers import LAYER_TYPES, dropout as dropout_module
+from gpucnn.nn.model import build, execution_order
 from gpucnn.optim import SGD
 from gpucnn.random import device_generator
 from gradcheck import check_layer_gradients
@@ -466,7 +466,7 @@ def test_reordering_stays_exact_with_batchnorm(make, swapped):
     for ours, theirs in zip(model.layers, plain):
         for key in ours.params:
             if isinstance(ours, Conv2D):  # with a directly following pool it runs as one unit
-                # (gpucnn.fusion), its gradient adding the same products in another order
+                # (gpucnn.nn.execution_units), its gradient adding the same products in another order
                 scale = np.abs(theirs.grads[key]).max()
                 np.testing.assert_allclose(ours.grads[key], theirs.grads[key], rtol=0, atol=1e-6 * scale)
             else:

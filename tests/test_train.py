@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpucnn.checkpoint import load_checkpoint, save_checkpoint
-from gpucnn.train import NonFiniteLossError, TrainConfig, fit, make_optimizer, run
-from gpucnn.zoo import build_model
+from gpucnn.training.checkpoint import load_checkpoint, save_checkpoint
+from gpucnn.training.run import NonFiniteLossError, TrainConfig, fit, make_optimizer, run
+from gpucnn.nn.zoo import build_model
 from standin import optimizer_table_uploads, standin_backend
 
 REPO_MNIST = str(Path(__file__).resolve().parent.parent / "data" / "mnist")
@@ -30,10 +30,10 @@ def test_digits_learns_far_above_chance():
 def test_auto_device_trains_on_the_gpu_when_one_is_usable(monkeypatch):
     """--device auto (the default) means the GPU when detection finds one: here the GPU's
     status is faked as present and the CuPy stand-in plays the device."""
-    import gpucnn.backend
+    import gpucnn.backends.backend
     from standin import standin_backend
-    monkeypatch.setattr(gpucnn.backend, "gpu_status", lambda: (object(), None))
-    monkeypatch.setattr(gpucnn.backend, "_gpu_backend", lambda cupy, kernels=None, graphs=None: standin_backend(kernels))
+    monkeypatch.setattr(gpucnn.backends.backend, "gpu_status", lambda: (object(), None))
+    monkeypatch.setattr(gpucnn.backends.backend, "_gpu_backend", lambda cupy, kernels=None, graphs=None: standin_backend(kernels))
     lines = []
     result = run(TrainConfig(dataset="digits", epochs=1, lr=0.01, verbose=0, limit_train=200), log=lines.append)
     assert TrainConfig().device == "auto"
@@ -78,7 +78,7 @@ def test_resume_refuses_another_architecture(tmp_path):
 
 
 def _digits_on(backend, batch_size):
-    from gpucnn.data import load_digits
+    from gpucnn.data.batches import load_digits
     data = load_digits()
     rng = np.random.default_rng(0)
     model = build_model("simple", data.input_shape, 10, rng).to(backend)
@@ -108,8 +108,8 @@ def test_a_schedule_and_label_smoothing_add_no_transfers():
     """The schedule is host arithmetic (a float per batch), the smoothed loss stays on the
     device: an epoch with both makes the transfers of an epoch without them, and the
     learning rate follows the schedule batch by batch."""
-    from gpucnn.losses import SoftmaxCrossEntropy
-    from gpucnn.schedules import make_schedule
+    from gpucnn.nn.losses import SoftmaxCrossEntropy
+    from gpucnn.optim.schedules import make_schedule
 
     transfers = []
     for extras in (False, True):
@@ -147,7 +147,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 # -- fit for library users: host arrays, no validation, the default generator -------------
 def test_fit_uploads_host_arrays_once_and_runs_without_validation():
-    from gpucnn.data import load_digits
+    from gpucnn.data.batches import load_digits
     import gpucnn
 
     data = load_digits()
@@ -183,8 +183,8 @@ def test_fit_checks_its_data():
 @pytest.mark.parametrize("fraction", [0.1, 0.05, 0.3, 0.5, 0.9, 0.123])
 def test_smallest_limit_train_is_exactly_what_sklearn_accepts(fraction):
     from sklearn.model_selection import train_test_split
-    from gpucnn.data import load_digits
-    from gpucnn.splits import SplitError, data_generator, plan_splits, smallest_splittable
+    from gpucnn.data.batches import load_digits
+    from gpucnn.data.splits import SplitError, data_generator, plan_splits, smallest_splittable
 
     y = load_digits().train_y
     smallest = smallest_splittable(fraction, 10, len(y))
@@ -200,7 +200,7 @@ def test_smallest_limit_train_is_exactly_what_sklearn_accepts(fraction):
 @pytest.mark.parametrize("fraction, direction", [(0.001, "or more"), (0.999, "or less")])
 def test_suggested_val_fraction_works_and_its_neighbour_does_not(fraction, direction):
     import re
-    from gpucnn.splits import SplitError, check_split_sizes
+    from gpucnn.data.splits import SplitError, check_split_sizes
 
     with pytest.raises(SplitError) as info:
         check_split_sizes(1437, None, fraction, 10)
@@ -213,7 +213,7 @@ def test_suggested_val_fraction_works_and_its_neighbour_does_not(fraction, direc
 
 
 def test_resume_refuses_a_checkpoint_with_no_epochs_left(tmp_path):
-    from gpucnn.train import FlagError
+    from gpucnn.training.run import FlagError
     ckpt = tmp_path / "ckpt.npz"
     run(TrainConfig(dataset="digits", epochs=1, checkpoint=str(ckpt), verbose=0), log=quiet)
     with pytest.raises(FlagError, match=rf"{ckpt} already holds 1 epoch; pass --epochs 2 or more to continue"):
@@ -230,7 +230,7 @@ def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(terminal, monkey
             return terminal
     stderr = Stderr()
     monkeypatch.setattr(sys, "stderr", stderr)
-    monkeypatch.setattr("gpucnn.report.Progress.DELAY", 0.0)  # draw at once
+    monkeypatch.setattr("gpucnn.training.report.Progress.DELAY", 0.0)  # draw at once
     model = build_model("simple", (1, 8, 8), 10, np.random.default_rng(0))
     x, y = np.random.default_rng(1).random((256, 1, 8, 8), dtype=np.float32), np.arange(256) % 10
     fit(model, make_optimizer("sgd", model, 0.1), (x, y), epochs=2, batch_size=16, verbose=1)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gpucnn import Adam, SoftmaxCrossEntropy
-from gpucnn.layers import Dropout
-from gpucnn.zoo import ARCHS, build_model, read_architecture
+from gpucnn.nn.layers import Dropout
+from gpucnn.nn.zoo import ARCHS, build_model, read_architecture
 
 
 @pytest.mark.parametrize("arch", ARCHS)

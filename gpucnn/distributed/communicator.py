@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import array_module
+from ..backends.backend import array_module
 
 REDUCE_OPS = ("sum", "max", "min")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..parallel import available_cpus, ranks_sharing_cpus, share_cpus_with
+from ..backends.cpu_threads import available_cpus, ranks_sharing_cpus, share_cpus_with
 from .communicator import Communicator, SingleProcess
 from .mpi import MPICommunicator, _mpi_module
 from .nccl import NCCLCommunicator, _CupyNCCL

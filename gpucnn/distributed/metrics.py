@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_host
+from ..backends.backend import to_host
 from .communicator import Communicator
 
 

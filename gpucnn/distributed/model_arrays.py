@@ -2,7 +2,7 @@
 parameters and saved state (broadcast from rank 0)."""
 from __future__ import annotations
 
-from ..backend import array_module
+from ..backends.backend import array_module
 
 
 def gradients_of(model) -> list:

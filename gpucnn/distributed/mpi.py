@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..backend import array_module, to_host
+from ..backends.backend import array_module, to_host
 from .communicator import Communicator, _check_op, _check_weight, _checked
 
 MPI_MISSING = "--distributed needs mpi4py: pip install 'gpucnn[mpi]'"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import batch_slices
+from ..data.batches import batch_slices
 from ..random import default_generator
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from argtypes import ArgumentParser, positive_float  # scripts/argtypes.py, shared by the commands
-from gpucnn.kernel_groups import ENV_VAR as KERNELS_ENV
-from gpucnn.kernel_groups import parse_selection
+from gpucnn.backends.kernel_groups import ENV_VAR as KERNELS_ENV
+from gpucnn.backends.kernel_groups import parse_selection
 
 from .gpu_model import GPUS
 from .networks import ARCHS, ZOO_ARCHS
@@ -63,7 +63,7 @@ def parse_args(argv, description: str = DESCRIPTION):
                         f"Default: ${KERNELS_ENV}, else the defaults")
     p.add_argument("--graphs", nargs="+", choices=("off", "on"), metavar="off|on",
                    help="replay gpucnn's GPU training steps from CUDA graphs (get_backend(graphs=...), "
-                        "gpucnn.graphs); 'off on': every GPU case once each. Default: $GPUCNN_CUDA_GRAPHS, else off")
+                        "gpucnn.backends.cuda_graphs); 'off on': every GPU case once each. Default: $GPUCNN_CUDA_GRAPHS, else off")
     p.add_argument("--gpu-targets", action="store_true",
                    help="issue 21's GPU cases: simple and lenet at batch 64 and 1024, conv-bn at 64 and 512, "
                         "vgg at 128 and 512, each beside PyTorch on CUDA with its target ratio; needs a GPU "
@@ -100,13 +100,13 @@ def check_outputs(p, args) -> None:
     that cannot be written, or --layers without PyTorch to compare with, before any timing."""
     from importlib.util import find_spec
 
-    from gpucnn.checkpoint import check_output_path
+    from gpucnn.training.checkpoint import check_output_path
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
             try:
                 check_output_path(path)
                 if flag == "--plot":
-                    from gpucnn.plot import check_plot_path
+                    from gpucnn.training.plot import check_plot_path
                     check_plot_path(path)  # a format matplotlib writes; matplotlib installed
             except (ValueError, ImportError) as exc:
                 p.error(f"argument {flag}: {exc}")

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from gpucnn.layers import Conv2D, Dense
-from gpucnn.layers.dense import input_gradient
-from gpucnn.model import execution_order
+from gpucnn.nn.layers import Conv2D, Dense
+from gpucnn.nn.layers.dense import input_gradient
+from gpucnn.nn.model import execution_order
 from .measure import measure
 
 

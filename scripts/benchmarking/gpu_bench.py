@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from gpucnn.layers.scratch import release_shared_scratch
+from gpucnn.nn.layers.scratch import release_shared_scratch
 
 # -- the cases of --gpu-targets ---------------------------------------------------------------
 # (arch, batch, target train ratio or None); the schedule is (warm-up steps, steps per repeat,
@@ -136,8 +136,8 @@ HOST_COST_SHAPE = (64, 8, 26, 26)
 
 def host_cost_calls(backend) -> dict:
     """{label: a no-argument call}: a few CuPy operations on a (64, 8, 26, 26) float32 array,
-    and one gpucnn RawKernel launch (ReLU backward, gpucnn.kernels.relu)."""
-    from gpucnn.kernels.relu import relu_grad
+    and one gpucnn RawKernel launch (ReLU backward, gpucnn.backends.kernels.relu)."""
+    from gpucnn.backends.kernels.relu import relu_grad
     xp = backend.xp
     data = np.random.default_rng(3)
     a = backend.asarray(data.standard_normal(HOST_COST_SHAPE, dtype=np.float32))
@@ -158,7 +158,7 @@ GRAPH_LAUNCHES = 30  # about a graphed training step's kernels (lenet: 33 launch
 
 def graph_of(backend, call):
     """``graph.launch`` of a CUDA graph holding GRAPH_LAUNCHES calls of ``call``, recorded as
-    gpucnn.graphs records a step (a non-blocking stream, a private memory pool kept with it)."""
+    gpucnn.backends.cuda_graphs records a step (a non-blocking stream, a private memory pool kept with it)."""
     xp = backend.xp
     stream, pool = xp.cuda.Stream(non_blocking=True), xp.cuda.MemoryPool()
     backend.synchronize()
@@ -214,7 +214,7 @@ def host_cost_table(rows, calls: int) -> str:
 # -- device memory --------------------------------------------------------------------------
 def free_device_memory(backend) -> None:
     """Hand the CuPy pool's unused blocks back, so the next case's high-water mark is its own:
-    the layers' shared scratch buffers first (gpucnn/layers/scratch.py: they outlive a model,
+    the layers' shared scratch buffers first (gpucnn/nn/layers/scratch.py: they outlive a model,
     and an earlier case's would count in every later one's memory)."""
     if backend.name == "gpu":
         release_shared_scratch(backend.xp)
@@ -233,7 +233,7 @@ def live_peak_mib(backend, case, steps: int = 3) -> float | None:
     """The most bytes gpucnn's arrays held at once (MiB) over ``steps`` more training steps of
     ``case`` (rows.GpucnnCase): what torch.cuda.max_memory_allocated counts for PyTorch, where
     :func:`device_peak_mib` (the pool) also counts freed blocks the pool keeps. Counted by a
-    CuPy memory hook from the bytes in use when it starts; a recorded step (gpucnn.graphs)
+    CuPy memory hook from the bytes in use when it starts; a recorded step (gpucnn.backends.cuda_graphs)
     counts its whole private pool, which its replays use. None off a real GPU."""
     if not is_real_gpu(backend):
         return None

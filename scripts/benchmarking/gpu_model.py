@@ -42,7 +42,7 @@ for path in (REPO, REPO / "tests"):  # the stand-in lives with the tests, not in
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from gpucnn.losses import SoftmaxCrossEntropy  # noqa: E402
+from gpucnn.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpucnn.optim import SGD, Adam  # noqa: E402
 
 from .networks import build_model  # noqa: E402  (the zoo and the benchmark's networks)

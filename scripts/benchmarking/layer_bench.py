@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpucnn.layers import BatchNorm2D, Dropout
+from gpucnn.nn.layers import BatchNorm2D, Dropout
 
 # name -> (gpucnn layer factory, torch module factory, activation shape (N, C, H, W))
 CASES = {

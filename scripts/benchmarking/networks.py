@@ -1,4 +1,4 @@
-"""The benchmark's networks: gpucnn's zoo (gpucnn/zoo.py) plus two CIFAR-sized networks
+"""The benchmark's networks: gpucnn's zoo (gpucnn/nn/zoo.py) plus two CIFAR-sized networks
 that only the benchmark times (issue 21's GPU targets), built here so the zoo stays the
 set of networks the training scripts offer.
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpucnn.layers import BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, MaxPool2D, ReLU
-from gpucnn.model import Sequential
-from gpucnn.zoo import ARCHS as ZOO_ARCHS
-from gpucnn.zoo import build_model as zoo_model
-from gpucnn.zoo import check_fits
+from gpucnn.nn.layers import BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, MaxPool2D, ReLU
+from gpucnn.nn.model import Sequential
+from gpucnn.nn.zoo import ARCHS as ZOO_ARCHS
+from gpucnn.nn.zoo import build_model as zoo_model
+from gpucnn.nn.zoo import check_fits
 
 
 def _conv_bn_relu(c_in, c_out, rng):

@@ -24,9 +24,9 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
-from gpucnn.fusion import ConvPool, execution_units
-from gpucnn.layers import Conv2D, Dense
-from gpucnn.summary import trace_shapes
+from gpucnn.nn.execution_units import ConvPool, execution_units
+from gpucnn.nn.layers import Conv2D, Dense
+from gpucnn.nn.summary import trace_shapes
 
 
 def gemm_flops_per_image(model, input_shape) -> tuple[int, int]:
@@ -53,7 +53,7 @@ class StepProfile:
     def __init__(self, model, loss, optimizer, backend, clock=time.perf_counter):
         self.model, self.loss, self.optimizer, self.backend = model, loss, optimizer, backend
         self.clock = clock
-        self.units = execution_units(model.layers)  # as Sequential runs them (gpucnn.fusion)
+        self.units = execution_units(model.layers)  # as Sequential runs them (gpucnn.nn.execution_units)
         self.index = {id(layer): i for i, layer in enumerate(model.layers)}
         self.seconds: dict[str, list[float]] = {}
         self.faults: dict[str, list[int]] = {}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gpucnn.backend import get_backend
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.backends.backend import get_backend
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import Adam
-from gpucnn.parallel import get_num_threads, set_num_threads
+from gpucnn.backends.cpu_threads import get_num_threads, set_num_threads
 
 from .rows import CLASSES
 
@@ -48,7 +48,7 @@ def mpiexec_command(n: int) -> list[str]:
 
 def zoo_case(arch, batch, seed=1):
     """(model, optimizer, loss, x, y) for ``batch`` random images of the arch's dataset shape."""
-    from gpucnn.zoo import build_model as zoo_model
+    from gpucnn.nn.zoo import build_model as zoo_model
     shape = ZOO_SHAPES[arch]
     model = zoo_model(arch, shape, CLASSES, np.random.default_rng(0))
     data = np.random.default_rng(seed)
@@ -154,7 +154,7 @@ def paper_scaling(batch: int, args) -> list:
     with ``t`` measured here on one core (a rank per core; GPU compute is not measured)."""
     from threadpoolctl import threadpool_limits
     from gpucnn.distributed import SingleProcess, gradient_bytes, ring_allreduce_seconds
-    from gpucnn.zoo import ARCHS
+    from gpucnn.nn.zoo import ARCHS
     links = ", ".join(f"{name}: {bw / 1e9:g} GB/s per direction, {lat * 1e6:g} us per message (assumed)"
                       for name, (bw, lat, _) in LINKS.items())
     print(f"\nOn paper: ring allreduce = 2(N-1)/N x bytes / bandwidth + 2(N-1) x latency; {links}. "

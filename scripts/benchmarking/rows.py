@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from gpucnn.graphs import StepGraph, unavailable
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.backends.cuda_graphs import StepGraph, unavailable
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
 from .gemm_floor import GemmFloorCase
 from .gpu_bench import (device_peak_mib, format_cell, free_device_memory, live_peak_mib, peak_for,
@@ -32,7 +32,7 @@ def make_optimizer(name, model):
 
 class GpucnnCase:
     """gpucnn's step on one fixed batch; replayed from a CUDA graph when the backend has graphs
-    on and the step allows it (gpucnn.graphs; ``graph_note`` says why not otherwise)."""
+    on and the step allows it (gpucnn.backends.cuda_graphs; ``graph_note`` says why not otherwise)."""
 
     def __init__(self, model, backend, x, y, optimizer: str):
         self.backend = backend

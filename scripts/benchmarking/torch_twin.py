@@ -9,8 +9,8 @@ uploaded once, every timed call ending in ``torch.cuda.synchronize()``).
 """
 from __future__ import annotations
 
-from gpucnn.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                           GlobalAvgPool2D, MaxPool2D, ReLU)
+from gpucnn.nn.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                              GlobalAvgPool2D, MaxPool2D, ReLU)
 
 
 def _conv(nn, layer: Conv2D):
@@ -48,7 +48,7 @@ def torch_twin(model, torch):
 
 def copy_weights(model, twin, torch) -> None:
     """Give the twin the gpucnn model's parameters and running statistics (host copies)."""
-    from gpucnn.backend import to_host
+    from gpucnn.backends.backend import to_host
     ours = [layer for layer in model.layers if layer.params or layer.state]
     theirs = [m for m in twin if any(True for _ in m.parameters()) or hasattr(m, "running_mean")]
     with torch.no_grad():

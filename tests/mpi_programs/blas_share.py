@@ -4,9 +4,9 @@ import sys
 
 from threadpoolctl import threadpool_info
 
-from gpucnn.backend import get_backend
+from gpucnn.backends.backend import get_backend
 from gpucnn.distributed import get_communicator
-from gpucnn.parallel import available_cpus, get_num_threads
+from gpucnn.backends.cpu_threads import available_cpus, get_num_threads
 
 comm = get_communicator(get_backend("cpu"))
 blas = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})

@@ -45,10 +45,10 @@ def record(event, args):
 sys.addaudithook(record)
 
 if "--fail-at" in options and rank == 1:
-    import gpucnn.model
+    import gpucnn.nn.model
 
     fail_at = int(options[options.index("--fail-at") + 1])
-    backward, calls = gpucnn.model.Sequential.backward, []
+    backward, calls = gpucnn.nn.model.Sequential.backward, []
 
     def failing_backward(self, *args, **kwargs):
         calls.append(1)
@@ -56,7 +56,7 @@ if "--fail-at" in options and rank == 1:
             raise RuntimeError(f"rank 1 failed on purpose in backward pass {fail_at}")
         return backward(self, *args, **kwargs)
 
-    gpucnn.model.Sequential.backward = failing_backward
+    gpucnn.nn.model.Sequential.backward = failing_backward
 
 sys.argv = [str(TRAIN), *train_args]
 try:

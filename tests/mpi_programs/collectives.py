@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gpucnn.backend import get_backend
+from gpucnn.backends.backend import get_backend
 from gpucnn.distributed import (MPICommunicator, StopSignal, allreduce_metrics, check_lockstep,
                                 get_communicator, step_generator, time_allreduce)
 from standin import standin_backend

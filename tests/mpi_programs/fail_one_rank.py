@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from gpucnn.backend import get_backend
+from gpucnn.backends.backend import get_backend
 from gpucnn.distributed import get_communicator
 
 comm = get_communicator(get_backend("cpu"))

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 from numpy.testing import assert_array_equal
 
-from gpucnn.backend import get_backend, to_host
-from gpucnn.data import load_digits
+from gpucnn.backends.backend import get_backend, to_host
+from gpucnn.data.batches import load_digits
 from gpucnn.distributed import check_lockstep, get_communicator, parameters_of, state_of
 from gpucnn.optim import Adam
-from gpucnn.train import fit
-from gpucnn.zoo import build_model
+from gpucnn.training.run import fit
+from gpucnn.nn.zoo import build_model
 
 backend = get_backend("cpu")
 comm = get_communicator(backend)

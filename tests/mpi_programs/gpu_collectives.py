@@ -3,7 +3,7 @@ NCCL, each rank its own GPU, and the weighted allreduce and bcast are right on r
 import numpy as np
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gpucnn.backend import get_backend
+from gpucnn.backends.backend import get_backend
 from gpucnn.distributed import NCCLCommunicator, get_communicator
 
 backend = get_backend("gpu")

@@ -10,13 +10,13 @@ import sys
 
 import numpy as np
 
-from gpucnn.backend import get_backend
-from gpucnn.data import load_digits
+from gpucnn.backends.backend import get_backend
+from gpucnn.data.batches import load_digits
 from gpucnn.distributed import (ShardedSampler, SingleProcess, get_communicator, gradients_of,
                                 parameters_of)
-from gpucnn.losses import SoftmaxCrossEntropy
+from gpucnn.nn.losses import SoftmaxCrossEntropy
 from gpucnn.optim import SGD, Adam
-from gpucnn.train import build_model
+from gpucnn.training.run import build_model
 
 
 def train(comm, n_train, global_batch, epochs, optimizer, seed=0):

@@ -52,9 +52,9 @@ from __future__ import annotations
 
 import contextlib
 
-from gpucnn import kernels as gpucnn_kernels
-from gpucnn.backend import Backend, register_array_type, register_cublas_capture
-from gpucnn.kernels import register_runner
+from gpucnn.backends import kernels as gpucnn_kernels
+from gpucnn.backends.backend import Backend, register_array_type, register_cublas_capture
+from gpucnn.backends.kernels import register_runner
 
 from .array import StandInArray
 from .cupy_api import (FINDINGS, CupyAttributeError, CupyConformanceError, DeviceDisciplineError,
@@ -70,7 +70,7 @@ __all__ = ["FINDINGS", "CupyAttributeError", "CupyConformanceError", "DeviceDisc
 def standin_backend(kernels=None) -> Backend:
     """A fresh GPU-like backend whose arrays obey CuPy 14's API and count transfers.
 
-    ``kernels``: the fused-kernel groups it runs (gpucnn.kernels.select: None reads
+    ``kernels``: the fused-kernel groups it runs (gpucnn.backends.kernels.select: None reads
     GPUCNN_KERNELS, else the defaults); each launch runs the kernel's NumPy twin after
     checking its arguments against the CUDA signature (tests/standin/kernels.py)."""
     device = StandInDevice()
@@ -83,7 +83,7 @@ def standin_backend(kernels=None) -> Backend:
 
 
 def _cublas_capture_binding(device: StandInDevice) -> tuple:
-    """gpucnn.backend.cublas_capture_binding for the stand-in: its model of libcublas, the
+    """gpucnn.backends.backend.cublas_capture_binding for the stand-in: its model of libcublas, the
     device's handle and the current stream's pointer (tests/standin/cublas.py)."""
     return device._libcublas, device._libcublas.get_handle, lambda: device.streams.current().ptr
 

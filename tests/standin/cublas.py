@@ -1,5 +1,5 @@
 """The stand-in's cuBLAS: the handle CuPy and gpucnn share, and the libcublas functions
-gpucnn.kernels.gemm calls through ctypes while a CUDA graph records (CapturableCublas).
+gpucnn.backends.kernels.gemm calls through ctypes while a CUDA graph records (CapturableCublas).
 
 What CuPy does with the handle (cupy_backends/cuda/libs/cublas.pyx, v14.2.0): every call of
 its binding, ``sgemm`` included, first runs ``_setStream(handle)``, which calls ``setStream``

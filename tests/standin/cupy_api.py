@@ -52,7 +52,7 @@ class Finding(NamedTuple):
     """One call that real CuPy would reject, or that behaves differently there."""
 
     call: str       # "cupy.block", "cupy.maximum(where=)", "cupy.ndarray.resize"
-    location: str   # the calling gpucnn frame: "gpucnn/layers/activations.py:17"
+    location: str   # the calling gpucnn frame: "gpucnn/nn/layers/activations.py:17"
     message: str
 
     def __str__(self):
@@ -93,7 +93,7 @@ _REPO_DIR = os.path.dirname(_GPUCNN_DIR.rstrip(os.sep))
 _STANDIN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-_BACKEND_SEAM = os.path.join(_GPUCNN_DIR, "backend.py")
+_BACKEND_SEAM = os.path.join(_GPUCNN_DIR, "backends", "backend.py")
 
 
 def caller_location() -> str:

@@ -290,7 +290,7 @@ class StandInDevice(Indexing):
         return self.streams.record(partial(self.ufunc, numpy_ufunc, args, kwargs), self.wrap(result))
 
     def matmul(self, a, b, out=None, call="cupy.matmul"):
-        # CuPy's cuBLAS binding: refused during a capture, from gpucnn.kernels.gemm's lines as from
+        # CuPy's cuBLAS binding: refused during a capture, from gpucnn.backends.kernels.gemm's lines as from
         # any other (gemm's ctypes calls go to self._libcublas), else the handle takes the current stream
         self._libcublas.cupy_call(call)
         a_np, b_np = self.unwrap(a), self.unwrap(b)

@@ -60,7 +60,7 @@ UNCAPTURABLE = {
              "(cudaErrorStreamCaptureUnsupported)",
 }
 CUPY_CUBLAS = ("CuPy's cuBLAS binding raises 'calling cuBLAS API during stream capture is currently "
-               "unsupported' (CuPy 14); multiply with gpucnn.kernels.gemm.matmul inside "
+               "unsupported' (CuPy 14); multiply with gpucnn.backends.kernels.gemm.matmul inside "
                "gemm.capture_safe(), which calls cuBLAS through ctypes")
 RANDOM_DRAW = ("a graph replays the draw with the arguments baked in at capture, and what it draws "
                "then depends on the generator's device state, which the stand-in does not model; "

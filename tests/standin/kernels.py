@@ -16,7 +16,7 @@ from functools import partial
 
 import numpy as np
 
-from gpucnn.kernels.runtime import signature, twin
+from gpucnn.backends.kernels.runtime import signature, twin
 
 from .array import StandInArray
 from .cupy_api import CupyConformanceError
@@ -47,7 +47,7 @@ def _check_dims(device, kernel, what, dims, limit=None):
 
 
 def run_kernel(device, kernel, grid, block, args, shared_mem=0):
-    """The runner gpucnn.kernels.register_runner takes for StandInDevice."""
+    """The runner gpucnn.backends.kernels.register_runner takes for StandInDevice."""
     call = f"launch {kernel}"
     params = signature(kernel)
     if not isinstance(args, tuple) or len(args) != len(params):

@@ -13,7 +13,7 @@ def plant(monkeypatch, owner, name: str, old: str, new: str) -> str:
     """Replace ``old`` by ``new`` in the source of ``owner.name`` (a function of a module
     or a method of a class), install the result with ``monkeypatch``; returns the
     ``path:line`` of the last line of ``new``, as the stand-in names it
-    (``gpucnn/loops.py:135``)."""
+    (``gpucnn/training/loops.py:135``)."""
     function = getattr(owner, name)
     lines, first_line = inspect.getsourcelines(function)
     source = textwrap.dedent("".join(lines))

@@ -1,0 +1,1 @@
+"""Data: datasets, image folders and files, augmentation, the train / validation / test splits, batches."""

@@ -1,0 +1,1 @@
+"""The network: layers, the loss, Sequential, the named architectures (zoo), summaries and saved files."""
