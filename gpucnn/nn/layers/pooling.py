@@ -9,15 +9,10 @@ from ...backends.backend import array_module
 from ...backends.kernel_groups import active
 from ...backends.kernels import pool as pool_kernels
 from ...backends.cpu_threads import over_channel_chunks
+from ...backends.ops import TIE_EPS_MULTIPLE
 from .base import Layer, check_pair, check_positive_int, in_layout_of
 from .im2col import offset_slices, output_size, pad_nchw
 
-# Values within this many float epsilons (relative to the window maximum) count as tied
-# with it. The pools of docs/math.md's "Worked example: one hand-trained step" hold exact
-# decimal ties (1.9 = 0.6+0.8+0.5 = 0.2+0.4+0.8+0.5) that rounding breaks depending on the
-# matrix multiply's summation order; with this tolerance the FIRST of them (row-major) still
-# takes the gradient on every backend: 16 eps is ~1.9e-6 relative in float32.
-TIE_EPS_MULTIPLE = 16
 
 
 class _Pool2D(Layer):
