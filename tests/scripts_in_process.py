@@ -24,3 +24,18 @@ def main(script, argv, capsys):
         status = exc.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def interrupt_at_epoch(monkeypatch, epoch):
+    """gpucnn.training.loops.train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch
+    ``epoch`` starts."""
+    from gpucnn.training import loops
+
+    real, calls = loops.train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loops, "train_epoch", train_epoch)  # fit looks it up there

@@ -26,7 +26,7 @@ import gpucnn.training.run
 from gpucnn.training.checkpoint import load_checkpoint
 from gpucnn.data.batches import DataError
 from gpucnn.training.run import TrainConfig, run
-from scripts_in_process import load_script, main  # noqa: F401  (test_toolkit_cli imports them from here)
+from scripts_in_process import interrupt_at_epoch, load_script, main  # noqa: F401  (test_toolkit_cli imports them from here)
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, str(REPO / "scripts" / "train.py")]
@@ -206,18 +206,6 @@ def test_resume_with_no_epochs_left_exits_2(digits_checkpoint, capsys, no_data):
 
 
 # -- 11: Ctrl-C ----------------------------------------------------------------------------
-def interrupt_at_epoch(monkeypatch, epoch):
-    """train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts."""
-    real, calls = gpucnn.training.loops.train_epoch, []
-
-    def train_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(gpucnn.training.loops, "train_epoch", train_epoch)  # fit looks it up there
-
-
 def test_ctrl_c_prints_a_resume_command_that_keeps_checkpointing(tmp_path, capsys, monkeypatch):
     ckpt = tmp_path / "c.npz"
     with monkeypatch.context() as patch:

@@ -18,7 +18,7 @@ from gpucnn.training.checkpoint import load_checkpoint
 from gpucnn.training.config import FlagError, TrainConfig
 from gpucnn.training.resume import RESUME_MAY_CHANGE, check_recorded_dataset, check_resume, resume_changes
 from gpucnn.training.run import run
-from scripts_in_process import load_script, main as run_script
+from scripts_in_process import interrupt_at_epoch, load_script, main as run_script
 
 train_cli, evaluate_cli = (load_script(name, "resume_rules") for name in ("train", "evaluate"))
 TINY = ["--limit-train", "200", "--limit-test", "50", "--device", "cpu", "--batch-size", "32"]
@@ -35,18 +35,6 @@ def write_npz_dataset(path):
     x, y = (digits.images / 16).astype(np.float32), digits.target
     np.savez(path, x_train=x[:300], y_train=y[:300], x_test=x[300:400], y_test=y[300:400])
     return path
-
-
-def interrupt_at_epoch(monkeypatch, epoch):
-    """train_epoch raises KeyboardInterrupt (as Ctrl-C would) when epoch ``epoch`` starts."""
-    real, calls = gpucnn.training.loops.train_epoch, []
-
-    def train_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(gpucnn.training.loops, "train_epoch", train_epoch)
 
 
 # -- paths: a checkpoint works from any folder ----------------------------------------------
